@@ -1,0 +1,40 @@
+# deepdram — run `make help` for the list of targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# No telemetry, no update checks: the machines here reach only package registries.
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export DO_NOT_TRACK := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-fast bench clean
+
+help: ## Show this help: every target with what it does
+	@awk 'BEGIN {FS = ":.*## "; printf "Usage: make <target>\n\nTargets:\n"} \
+	  /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml requirements-lock.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c requirements-lock.txt -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv if missing and install deepdram with its test extras (pinned)
+
+test: $(STAMP) ## Run the whole test suite (what CI runs)
+	$(PY) -m pytest
+
+test-fast: $(STAMP) ## Run the test suite without the slow end-to-end tests
+	$(PY) -m pytest -m "not slow"
+
+bench: $(STAMP) ## Run the benchmarks and print measured figures against their targets
+	$(PY) benchmarks/bench_fem.py
+
+clean: ## Remove caches (keeps .venv, outputs and mlruns)
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+	rm -rf .pytest_cache

@@ -1,0 +1,45 @@
+"""Physical, geometric and data constants: the one source of truth (SPEC sections 1-4 and 7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# --- Unit cell geometry (SPEC section 1) ---------------------------------------------------
+N_GRID = 4  # nodes per side of a unit cell
+N_NODES = N_GRID * N_GRID
+SPACING = 7.5  # mm, node spacing dx = dy
+CELL_SIZE = SPACING * (N_GRID - 1)  # mm, node span W = L of one cell (22.5)
+N_BEAMS = 42
+ZG_VALUES = (2.5, 3.0, 3.5, 4.0, 4.5)
+# Measured acceptance rate of uniform random beam subsets, per Z_g (SPEC section 1).
+ACCEPTANCE_RATES = {2.5: 0.331, 3.0: 0.650, 3.5: 0.856, 4.0: 0.956, 4.5: 0.993}
+
+# --- Beam section and material (SPEC section 2) --------------------------------------------
+THICKNESS = 1.0  # mm, in-plane beam width t
+DEPTH = 10.0  # mm, out-of-plane thickness T
+AREA = DEPTH * THICKNESS
+INERTIA = DEPTH * THICKNESS**3 / 12.0
+E_B = 0.6  # MPa
+NU_B = 0.3
+G_B = E_B / (2.0 * (1.0 + NU_B))
+K_S = 0.85
+
+# --- Loading (SPEC section 3) ---------------------------------------------------------------
+STRAIN = 0.05
+
+# --- Tilings (SPEC section 4) ---------------------------------------------------------------
+D_MIN, D_MAX = 2, 20
+TILING_SIZES = tuple(range(D_MIN, D_MAX + 1, 2))
+
+# --- Data conventions (SPEC section 7) -------------------------------------------------------
+BIT_COLUMNS = tuple(f"b{k:02d}" for k in range(N_BEAMS))
+PROPERTY_COLUMNS = ("E11", "E22", "nu12", "nu21")
+SIZE_COLUMNS = ("d1", "d2")
+STRESS_COLUMNS = ("vm1", "vm2")
+
+# --- Project paths ----------------------------------------------------------------------------
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+DATA_DIR = REPO_ROOT / "data"
+OUTPUTS_DIR = REPO_ROOT / "outputs"
+MLRUNS_DIR = REPO_ROOT / "mlruns"
