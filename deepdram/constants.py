@@ -43,3 +43,19 @@ REPO_ROOT = PACKAGE_DIR.parent
 DATA_DIR = REPO_ROOT / "data"
 OUTPUTS_DIR = REPO_ROOT / "outputs"
 MLRUNS_DIR = REPO_ROOT / "mlruns"
+
+# --- Pipeline outputs (fixed paths that later stages and tools read) -------------------------
+DATASETS_DIR = OUTPUTS_DIR / "datasets"
+CELLS_PATH = DATASETS_DIR / "cells.parquet"
+CELLS_RESAMPLED_PATH = DATASETS_DIR / "cells_resampled.parquet"
+SPLITS_DIR = DATASETS_DIR / "splits"
+SPLIT_NAMES = ("train", "val", "test")
+TILINGS_PATH = DATASETS_DIR / "tilings.parquet"
+VALIDATION_DIR = OUTPUTS_DIR / "validation"
+REPORTS_DIR = OUTPUTS_DIR / "reports"
+SCRATCH_DIR = OUTPUTS_DIR / ".scratch"  # resumable shard work, not a DVC output
+PAPER_TABLES_PATH = DATA_DIR / "reference" / "paper_tables.yaml"
+
+# Physical bounds the validation suites enforce on FE properties.
+E_RANGE = (0.0, 0.3)
+NU_RANGE = (-3.0, 3.0)

@@ -94,7 +94,15 @@ def is_valid(designs: np.ndarray) -> np.ndarray:
 
 def check_designs(designs, *, require_valid: bool = True, what: str = "design") -> np.ndarray:
     """Validate a (B, 42) array of 0/1 designs and return it as uint8, else raise InputError."""
-    arr = np.asarray(designs)
+    try:
+        arr = np.asarray(designs)
+    except ValueError:  # ragged rows
+        lengths = [len(r) for r in designs]
+        bad = [i for i, n in enumerate(lengths) if n != N_BEAMS]
+        raise InputError(
+            f"a {what} must have {N_BEAMS} beam entries (b00..b41); row {bad[0] if bad else '?'} "
+            f"has {lengths[bad[0]] if bad else '?'}"
+        ) from None
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[1] != N_BEAMS:
@@ -108,15 +116,16 @@ def check_designs(designs, *, require_valid: bool = True, what: str = "design") 
         rows = bad.any(axis=1)
         r, c = np.argwhere(bad)[0]
         raise InputError(
-            f"{what} entries must be 0 or 1: row {r} column {BIT_COLUMNS[c]} is {arr[r, c]!r} "
+            f"{what} entries must be 0 or 1: row {r} column {BIT_COLUMNS[c]} is {arr[r, c].item()!r} "
             f"(rows with bad entries: {first_rows(rows)})"
         )
     out = arr.astype(np.uint8)
     if require_valid:
         ok = is_valid(out)
         if not ok.all():
+            rows = "row" if (~ok).sum() == 1 else "rows"
             raise InputError(
-                f"invalid {what}: not all 16 nodes are connected in rows {first_rows(~ok)} "
+                f"invalid {what} in {rows} {first_rows(~ok)}: not all 16 nodes are connected "
                 "(every node must belong to one connected network)"
             )
     return out
@@ -164,7 +173,7 @@ def sample_designs(zg: float, n: int, seed: int, *, unique: bool = True) -> np.n
 
 def to_keys(designs: np.ndarray) -> np.ndarray:
     """Pack (B, 42) 0/1 designs into uint64 keys, bit k = beam k."""
-    d = np.asarray(designs, dtype=np.uint8)
+    d = np.atleast_2d(np.asarray(designs, dtype=np.uint8))
     packed = np.packbits(d, axis=1, bitorder="little")
     buf = np.zeros((d.shape[0], 8), dtype=np.uint8)
     buf[:, : packed.shape[1]] = packed
