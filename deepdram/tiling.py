@@ -310,7 +310,7 @@ class TilingResult:
 def _batch_size(d1: int, d2: int, budget_bytes: float = 2.5e8) -> int:
     root = block_shape(d1, d2)
     biggest = max(s.n_union for s in _topological(root))
-    return max(1, int(budget_bytes / (8 * 3 * biggest**2)))
+    return max(1, min(256, int(budget_bytes / (8 * 3 * biggest**2))))
 
 
 def solve_same_size(designs: np.ndarray, d1: int, d2: int, *, stress: bool = False):
