@@ -12,11 +12,13 @@ are asked for.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
 
+from deepdram._blockops import gather, scatter_add
 from deepdram.constants import CELL_SIZE, DEPTH, E_B, N_BEAMS, STRAIN
 from deepdram.fem import element_dofs, element_matrices, von_mises
 from deepdram.lattice import BEAMS, NODE_IJ, NODE_XY, check_designs, check_size
@@ -136,10 +138,10 @@ def cell_weights(designs: np.ndarray) -> np.ndarray:
 
 def _condense(s: np.ndarray, kept: np.ndarray, elim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Schur complement onto `kept` and the recovery operator X (u_elim = X u_kept)."""
-    see = s[:, elim[:, None], elim[None, :]]
-    sek = s[:, elim[:, None], kept[None, :]]
+    see = gather(s, elim, elim)
+    sek = gather(s, elim, kept)
     x = -np.linalg.solve(see, sek)
-    sk = s[:, kept[:, None], kept[None, :]] + np.transpose(sek, (0, 2, 1)) @ x
+    sk = gather(s, kept, kept) + np.transpose(sek, (0, 2, 1)) @ x
     return 0.5 * (sk + np.transpose(sk, (0, 2, 1))), x
 
 
@@ -159,8 +161,8 @@ def _build(root: Shape, weights: np.ndarray) -> tuple[np.ndarray, dict[int, np.n
             s = kcell.reshape(bt, 48, 48)
         else:
             s = np.zeros((bt, shape.n_union, shape.n_union))
-            s[:, shape.ia[:, None], shape.ia[None, :]] += cond[id(shape.a)]
-            s[:, shape.ib[:, None], shape.ib[None, :]] += cond[id(shape.b)]
+            scatter_add(s, cond[id(shape.a)], shape.ia)
+            scatter_add(s, cond[id(shape.b)], shape.ib)
         if shape is root:
             # The root is not condensed: both load cases are solved on its union system.
             return s, recover
@@ -243,10 +245,10 @@ def _solve_cases(s: np.ndarray, d1: int, d2: int) -> tuple[np.ndarray, np.ndarra
     ub = np.empty((2, bt, n))
     for c in (1, 2):
         free, presc, vals, react_pos, g, span = _load_partition(d1, d2, c)
-        sff = s[:, free[:, None], free[None, :]]
-        sfp = s[:, free[:, None], presc[None, :]]
+        sff = gather(s, free, free)
+        sfp = gather(s, free, presc)
         uf = _spd_solve(sff, -(sfp @ vals))
-        r = np.einsum("bfp,bf->bp", sfp, uf) + s[:, presc[:, None], presc[None, :]] @ vals
+        r = np.einsum("bfp,bf->bp", sfp, uf) + gather(s, presc, presc) @ vals
         u = np.zeros((bt, n))
         u[:, free], u[:, presc] = uf, vals
         # the moved edge's length is the transverse span of the same load case
@@ -307,6 +309,9 @@ class TilingResult:
     peak_vm: np.ndarray | None = None  # (N, 2): peak von Mises / (Eb * strain) per load case
 
 
+_THREADED_MIN_CELLS = 16  # below 4 x 4 cells, thread start-up costs more than it saves
+
+
 def _batch_size(d1: int, d2: int, budget_bytes: float = 2.5e8) -> int:
     root = block_shape(d1, d2)
     biggest = max(s.n_union for s in _topological(root))
@@ -326,14 +331,35 @@ def solve_same_size(designs: np.ndarray, d1: int, d2: int, *, stress: bool = Fal
     return props, peak
 
 
+def _solve_threaded(designs: np.ndarray, d1: int, d2: int, stress: bool, threads: int):
+    """solve_same_size over `threads` slices of the batch, each thread with single-threaded BLAS.
+
+    The dense blocks are a few hundred wide, too small for BLAS to use two cores well; splitting
+    the designs between threads roughly halves the wall time on two cores.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    parts = [p for p in np.array_split(np.arange(len(designs)), threads) if len(p)]
+    with threadpool_limits(1), ThreadPoolExecutor(len(parts)) as pool:
+        outs = list(pool.map(lambda p: solve_same_size(designs[p], d1, d2, stress=stress), parts))
+    props = np.concatenate([o[0] for o in outs])
+    return props, (np.concatenate([o[1] for o in outs]) if stress else None)
+
+
 def solve_tilings(designs, d1, d2, *, stress: bool = False, strict: bool = True, validate: bool = True,
-                  progress=None) -> TilingResult:
-    """Solve N (design, d1, d2) rows; rows are grouped by size and batched over designs."""
+                  threads: int | None = None, progress=None) -> TilingResult:
+    """Solve N (design, d1, d2) rows; rows are grouped by size and batched over designs.
+
+    `threads` (default: all cores) splits large batches between threads; 1 keeps one thread.
+    """
     d = check_designs(designs, require_valid=validate)
     n = len(d)
     d1, d2 = (np.broadcast_to(np.asarray(v), (n,)) for v in (d1, d2))
     check_size(d1, d2, strict=strict)
     d1, d2 = d1.astype(np.int64), d2.astype(np.int64)
+    threads = (os.cpu_count() or 1) if threads is None else max(1, int(threads))
     props = np.empty((n, 4))
     peak = np.empty((n, 2)) if stress else None
     sizes = np.unique(np.stack([d1, d2], axis=1), axis=0) if n else np.zeros((0, 2), int)
@@ -342,7 +368,10 @@ def solve_tilings(designs, d1, d2, *, stress: bool = False, strict: bool = True,
         step = _batch_size(w, h)
         for s in range(0, len(rows), step):
             r = rows[s : s + step]
-            p, pk = solve_same_size(d[r], w, h, stress=stress)
+            if threads > 1 and len(r) > 1 and w * h >= _THREADED_MIN_CELLS:
+                p, pk = _solve_threaded(d[r], w, h, stress, threads)
+            else:
+                p, pk = solve_same_size(d[r], w, h, stress=stress)
             props[r] = p
             if stress:
                 peak[r] = pk
