@@ -12,7 +12,10 @@ export DO_NOT_TRACK := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast bench clean
+.PHONY: help install repro test test-fast bench ui clean
+
+# Stage commands in dvc.yaml call `python`: make it the project's environment.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 help: ## Show this help: every target with what it does
 	@awk 'BEGIN {FS = ":.*## "; printf "Usage: make <target>\n\nTargets:\n"} \
@@ -25,6 +28,10 @@ $(STAMP): pyproject.toml requirements-lock.txt
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv if missing and install deepdram with its test extras (pinned)
+
+repro: $(STAMP) ## Run the whole DVC pipeline on the default profile (params.yaml)
+	$(VENV)/bin/dvc pull --quiet data.dvc
+	$(VENV)/bin/dvc repro
 
 test: $(STAMP) ## Run the whole test suite (what CI runs)
 	$(PY) -m pytest

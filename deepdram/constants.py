@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 # --- Unit cell geometry (SPEC section 1) ---------------------------------------------------
@@ -39,7 +40,20 @@ STRESS_COLUMNS = ("vm1", "vm2")
 
 # --- Project paths ----------------------------------------------------------------------------
 PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = PACKAGE_DIR.parent
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The project root: $DEEPDRAM_ROOT, else the nearest folder upwards holding dvc.yaml."""
+    if os.environ.get("DEEPDRAM_ROOT"):
+        return Path(os.environ["DEEPDRAM_ROOT"]).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "dvc.yaml").is_file():
+            return folder
+    return PACKAGE_DIR.parent
+
+
+REPO_ROOT = find_root()
 DATA_DIR = REPO_ROOT / "data"
 OUTPUTS_DIR = REPO_ROOT / "outputs"
 MLRUNS_DIR = REPO_ROOT / "mlruns"

@@ -124,3 +124,32 @@ def designs_from_table(df: pd.DataFrame, require_valid: bool = True) -> np.ndarr
             f"missing design columns b00..b41 (42 columns of 0/1); found columns {found}{more}"
         )
     return from_frame(df, require_valid=require_valid)
+
+
+class atomic_target:
+    """Context manager yielding a temporary path next to `path`; renamed onto it only on success."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        os.close(fd)
+        self.tmp = Path(name)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            os.chmod(self.tmp, 0o644)
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def write_json(obj, path: str | os.PathLike) -> None:
+    """Write JSON (sorted keys, indented) atomically."""
+    import json
+
+    with atomic_target(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")

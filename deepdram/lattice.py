@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -142,7 +143,7 @@ def random_subsets(rng: np.random.Generator, m: int, n_beams: int) -> np.ndarray
     return out
 
 
-def sample_designs(zg: float, n: int, seed: int, *, unique: bool = True) -> np.ndarray:
+def sample_designs(zg: float, n: int, seed: int | Sequence[int], *, unique: bool = True) -> np.ndarray:
     """Draw `n` valid designs uniformly at random for connectivity `zg` (rejection sampling)."""
     if n < 0:
         raise InputError(f"n must be >= 0; got {n}")

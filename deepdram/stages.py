@@ -1,0 +1,127 @@
+"""DVC stage jobs: read params, check them, call the library, write outputs and stage metrics.
+
+`pipelines/<stage>.py` calls `main("<stage>")`. Parameters are checked before any work starts; a
+DeepdramError ends the stage with one clear line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+from deepdram import constants as C
+from deepdram.errors import DeepdramError
+
+METRICS_DIR = C.OUTPUTS_DIR / "metrics"
+
+
+def _read(path):
+    import pandas as pd
+
+    if not path.exists():
+        raise DeepdramError(f"{path.relative_to(C.REPO_ROOT)} is missing: run the upstream stage first")
+    return pd.read_parquet(path)
+
+
+def _metrics(name: str, values: dict) -> None:
+    from deepdram.io import write_json
+
+    write_json(values, METRICS_DIR / f"{name}.json")
+
+
+def cells(params: dict) -> dict:
+    """Sample and simulate unit cells on Dask (resumable shards)."""
+    from deepdram.datasets import build_cells, cells_config
+    from deepdram.shards import dask_client
+
+    cfg = cells_config(params)
+    with dask_client(params.get("dask")) as client:
+        return build_cells(cfg, C.CELLS_PATH, C.SCRATCH_DIR / "cells", client)
+
+
+def validate_cells(params: dict) -> dict:
+    """Great Expectations suite on the simulated cells."""
+    from deepdram.validation import validate_cells as run
+
+    return run(_read(C.CELLS_PATH), C.VALIDATION_DIR, name="cells")
+
+
+def resample(params: dict) -> dict:
+    """Under/over-sampling and the key-disjoint train/val/test split."""
+    from deepdram.datasets import resample as run
+    from deepdram.datasets import resample_config
+    from deepdram.io import write_table
+
+    cfg = resample_config(params)
+    cells = _read(C.CELLS_PATH)
+    out = run(cells, cfg)
+    write_table(out, C.CELLS_RESAMPLED_PATH)
+    for name in C.SPLIT_NAMES:
+        write_table(out[out["split"] == name].drop(columns="split").reset_index(drop=True),
+                    C.SPLITS_DIR / f"{name}.parquet")
+    counts = out["split"].value_counts().to_dict()
+    return {"rows_in": len(cells), "rows": len(out), "method": cfg.method,
+            **{f"rows_{s}": int(counts.get(s, 0)) for s in C.SPLIT_NAMES},
+            **{f"rows_zg{z:.1f}": int(n) for z, n in out["zg"].value_counts().sort_index().items()}}
+
+
+def tilings(params: dict) -> dict:
+    """Simulate tilings of resampled cells on Dask (resumable shards)."""
+    from deepdram.datasets import build_tilings, tilings_config
+    from deepdram.shards import dask_client
+
+    cfg = tilings_config(params)
+    cells = _read(C.CELLS_RESAMPLED_PATH)
+    with dask_client(params.get("dask")) as client:
+        return build_tilings(cells, cfg, C.TILINGS_PATH, C.SCRATCH_DIR / "tilings", client)
+
+
+def validate_tilings(params: dict) -> dict:
+    """Great Expectations suite on the simulated tilings."""
+    from deepdram.validation import validate_tilings as run
+
+    return run(_read(C.TILINGS_PATH), C.VALIDATION_DIR, name="tilings")
+
+
+def data_report(params: dict) -> dict:
+    """Plots and the Table 2 comparison of the datasets."""
+    import yaml
+
+    from deepdram import params as P
+    from deepdram.report import build_data_report
+
+    sec = P.section(params, "data_report")
+    seed = P.seed(sec, "seed", "data_report")
+    paper = yaml.safe_load(C.PAPER_TABLES_PATH.read_text())
+    return build_data_report(_read(C.CELLS_PATH), _read(C.TILINGS_PATH), C.REPORTS_DIR / "data", paper,
+                             seed=seed)
+
+
+STAGES: dict[str, Callable[[dict], dict]] = {
+    "cells": cells,
+    "validate_cells": validate_cells,
+    "resample": resample,
+    "tilings": tilings,
+    "validate_tilings": validate_tilings,
+    "data_report": data_report,
+}
+
+
+def main(stage: str, argv: list[str] | None = None) -> int:
+    """Run one stage with the repo's params.yaml; print its wall time; exit 2 on a DeepdramError."""
+    from deepdram.params import load_params
+
+    t0 = time.perf_counter()
+    try:
+        params = load_params()
+        info = STAGES[stage](params) or {}
+    except DeepdramError as exc:
+        print(f"deepdram stage {stage}: error: {exc}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - t0
+    _metrics(stage, {**{k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))},
+                     "seconds": round(seconds, 2)})
+    rows = info.get("rows")
+    print(f"stage {stage}: done in {seconds:.1f} s" + (f", {rows:,} rows" if isinstance(rows, int) else ""))
+    return 0
