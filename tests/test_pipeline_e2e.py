@@ -127,7 +127,7 @@ def test_outputs_are_valid_and_consistent(repo):
     assert len(cells) == 20000 and cells.groupby("zg").size().eq(4000).all()
     for name in ("cells", "tilings"):
         result = json.loads((repo / f"outputs/validation/{name}.json").read_text())
-        assert result["success"] is True
+        assert result["summary"]["success"] is True and result["validation_result"]["success"] is True
         assert (repo / f"outputs/validation/{name}.md").stat().st_size > 0
     from deepdram.lattice import to_keys
 
