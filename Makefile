@@ -12,7 +12,11 @@ export DO_NOT_TRACK := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install repro test test-fast bench ui clean
+.PHONY: help install repro test test-fast bench ui serve clean
+TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
+UI_PORT ?= 5000
+MODEL ?= deepdram-forward
+PORT ?= 5001
 
 # Stage commands in dvc.yaml call `python`: make it the project's environment.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
@@ -41,6 +45,13 @@ test-fast: $(STAMP) ## Run the test suite without the slow end-to-end tests
 
 bench: $(STAMP) ## Run the benchmarks and print measured figures against their targets
 	$(PY) benchmarks/bench_fem.py
+
+ui: $(STAMP) ## Start the MLflow UI on http://127.0.0.1:5000 (project store: mlruns/mlflow.db)
+	$(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(UI_PORT)
+
+serve: $(STAMP) ## Serve a champion model: make serve MODEL=deepdram-forward [PORT=5001]
+	MLFLOW_TRACKING_URI=$(TRACKING_URI) $(VENV)/bin/mlflow models serve \
+	  -m models:/$(MODEL)@champion --env-manager local -h 127.0.0.1 -p $(PORT)
 
 clean: ## Remove caches (keeps .venv, outputs and mlruns)
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

@@ -178,6 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar and no summary line")
     p.set_defaults(func=cmd_simulate)
+
+    from deepdram import registry  # cheap: mlflow itself is imported only when a command runs
+
+    p = sub.add_parser(
+        "promote",
+        help="move the 'champion' alias of a registered model to a challenger that is at least as good",
+        description=registry.PROMOTE_DESCRIPTION,
+        epilog="Examples:\n  deepdram promote deepdram-forward\n  deepdram promote deepdram-forward --version 3 --force",
+        formatter_class=_formatter,
+        allow_abbrev=False,
+    )
+    registry.add_promote_arguments(p)
+    p.set_defaults(func=registry.promote_command)
     return parser
 
 

@@ -98,6 +98,41 @@ def data_report(params: dict) -> dict:
                              seed=seed)
 
 
+def train_forward(params: dict) -> dict:
+    """Unit-cell forward model (MLflow run + registered challenger)."""
+    from deepdram.training import train_forward as run
+
+    return run(params)
+
+
+def train_size_agnostic(params: dict) -> dict:
+    """Size-agnostic model (MLflow run + registered challenger)."""
+    from deepdram.training import train_size_agnostic as run
+
+    return run(params)
+
+
+def train_cvae(params: dict) -> dict:
+    """CVAE; its reconstruction network is registered as the generator."""
+    from deepdram.training import train_cvae as run
+
+    return run(params)
+
+
+def evaluate(params: dict) -> dict:
+    """Test-split metrics of all models, next to the paper, logged to their runs."""
+    from deepdram.evaluation import evaluate as run
+
+    return run(params)
+
+
+def promote(params: dict) -> dict:
+    """Gated promotion of each challenger to champion."""
+    from deepdram.training import promote as run
+
+    return run(params)
+
+
 STAGES: dict[str, Callable[[dict], dict]] = {
     "cells": cells,
     "validate_cells": validate_cells,
@@ -105,6 +140,11 @@ STAGES: dict[str, Callable[[dict], dict]] = {
     "tilings": tilings,
     "validate_tilings": validate_tilings,
     "data_report": data_report,
+    "train_forward": train_forward,
+    "train_size_agnostic": train_size_agnostic,
+    "train_cvae": train_cvae,
+    "evaluate": evaluate,
+    "promote": promote,
 }
 
 
