@@ -309,6 +309,19 @@ def resample(cells: pd.DataFrame, cfg: ResampleConfig) -> pd.DataFrame:
     return out
 
 
+def write_resampled(out: pd.DataFrame, path: Path, splits_dir: Path) -> dict:
+    """Write the resampled table and one file per split (without the split column); row counts."""
+    from deepdram.io import write_table
+
+    write_table(out, path)
+    for name in SPLIT_NAMES:
+        write_table(out[out["split"] == name].drop(columns="split").reset_index(drop=True),
+                    splits_dir / f"{name}.parquet")
+    counts = out["split"].value_counts().to_dict()
+    return {"rows": len(out), **{f"rows_{s}": int(counts.get(s, 0)) for s in SPLIT_NAMES},
+            **{f"rows_zg{z:.1f}": int(n) for z, n in out["zg"].value_counts().sort_index().items()}}
+
+
 # --- tilings stage -------------------------------------------------------------------------------
 
 

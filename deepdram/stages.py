@@ -1,7 +1,9 @@
-"""DVC stage jobs: read params, check them, call the library, write outputs and stage metrics.
+"""DVC stage dispatch: read params, call the library job of a stage, write its timing metrics.
 
-`pipelines/<stage>.py` calls `main("<stage>")`. Parameters are checked before any work starts; a
-DeepdramError ends the stage with one clear line and exit code 2.
+`pipelines/<stage>.py` calls `main("<stage>")`. This module holds no stage logic (each function
+only wires paths and params to a library job), so dvc.yaml does not list it as a dependency and
+editing it reruns nothing. Parameters are checked before any work starts; a DeepdramError ends
+the stage with one clear line and exit code 2.
 """
 
 from __future__ import annotations
@@ -50,20 +52,12 @@ def validate_cells(params: dict) -> dict:
 def resample(params: dict) -> dict:
     """Under/over-sampling and the key-disjoint train/val/test split."""
     from deepdram.datasets import resample as run
-    from deepdram.datasets import resample_config
-    from deepdram.io import write_table
+    from deepdram.datasets import resample_config, write_resampled
 
     cfg = resample_config(params)
     cells = _read(C.CELLS_PATH)
-    out = run(cells, cfg)
-    write_table(out, C.CELLS_RESAMPLED_PATH)
-    for name in C.SPLIT_NAMES:
-        write_table(out[out["split"] == name].drop(columns="split").reset_index(drop=True),
-                    C.SPLITS_DIR / f"{name}.parquet")
-    counts = out["split"].value_counts().to_dict()
-    return {"rows_in": len(cells), "rows": len(out), "method": cfg.method,
-            **{f"rows_{s}": int(counts.get(s, 0)) for s in C.SPLIT_NAMES},
-            **{f"rows_zg{z:.1f}": int(n) for z, n in out["zg"].value_counts().sort_index().items()}}
+    return write_resampled(run(cells, cfg), C.CELLS_RESAMPLED_PATH, C.SPLITS_DIR) | {
+        "rows_in": len(cells), "method": cfg.method}
 
 
 def tilings(params: dict) -> dict:
