@@ -168,51 +168,47 @@ def _log_common(kind: str, cfg_dict: dict, data_info: dict, test_set: Path, data
 # --- jobs --------------------------------------------------------------------------------------------
 
 
-def train_forward(params: dict) -> dict:
-    """Unit-cell forward model: 42 bits -> [E11, E22, nu12, nu21]."""
+def _train_regressor_job(kind: str, sec: dict, cfg, train: tuple, val: tuple, test_set: Path,
+                         datasets: list[Path]) -> dict:
+    """Shared job of the two regressors: subsample, augment, train, save, log, register."""
     from deepdram import models, tracking
     from deepdram.metrics import flat_metrics, regression_table
 
-    sec, overrides = _model_overrides(params, "train_forward")
-    cfg = models.RegressorConfig.forward_paper(**overrides)
     augment = bool(sec.get("augment", False))
     limit = sec.get("max_train_rows")
-    x_tr, y_tr = _subsample(*cell_xy(_split("train")), limit, cfg.seed)
-    x_va, y_va = cell_xy(_split("val"))
+    x_tr, y_tr = _subsample(*train, limit, cfg.seed)
+    x_va, y_va = val
     if augment:
         x_tr, y_tr = augment_mirrors(x_tr, y_tr)
-    with _start_run("forward", "train_forward") as run:
-        _log_common("forward", cfg.to_dict(), {"augment": augment, "max_train_rows": limit,
-                                               "train_rows": len(x_tr), "val_rows": len(x_va)},
-                    C.SPLITS_DIR / "test.parquet", [C.SPLITS_DIR / "train.parquet", C.SPLITS_DIR / "val.parquet"])
+    with _start_run(kind, f"train_{kind}") as run:
+        _log_common(kind, cfg.to_dict(), {"augment": augment, "max_train_rows": limit,
+                                          "train_rows": len(x_tr), "val_rows": len(x_va)}, test_set, datasets)
         model, hist = models.train_regressor(x_tr, y_tr, x_va, y_va, cfg,
                                              callbacks=[tracking.EpochLogger(run.info.run_id)])
-        path = models.save_model(model, MODELS_DIR / "forward.keras")
-        val = flat_metrics(regression_table(y_va, models.predict(model, x_va)), "val")
-        return _finish_training("forward", run, path, hist, val, {"epochs_run": len(hist["loss"])})
+        path = models.save_model(model, MODELS_DIR / f"{kind}.keras")
+        val_metrics = flat_metrics(regression_table(y_va, models.predict(model, x_va)), "val")
+        return _finish_training(kind, run, path, hist, val_metrics, {"epochs_run": len(hist["loss"])})
+
+
+def train_forward(params: dict) -> dict:
+    """Unit-cell forward model: 42 bits -> [E11, E22, nu12, nu21]."""
+    from deepdram import models
+
+    sec, overrides = _model_overrides(params, "train_forward")
+    return _train_regressor_job(
+        "forward", sec, models.RegressorConfig.forward_paper(**overrides), cell_xy(_split("train")),
+        cell_xy(_split("val")), C.SPLITS_DIR / "test.parquet",
+        [C.SPLITS_DIR / "train.parquet", C.SPLITS_DIR / "val.parquet"])
 
 
 def train_size_agnostic(params: dict) -> dict:
-    """Size-agnostic model: 42 bits + (d1, d2) -> tiling properties."""
-    from deepdram import models, tracking
-    from deepdram.metrics import flat_metrics, regression_table
+    """Size-agnostic model: 42 bits + (d1, d2) -> tiling properties (test split: inside tilings)."""
+    from deepdram import models
 
     sec, overrides = _model_overrides(params, "train_size_agnostic")
-    cfg = models.RegressorConfig.size_agnostic_paper(**overrides)
-    augment = bool(sec.get("augment", False))
-    x_tr, y_tr = tiling_xy(_tilings("train"))
-    x_va, y_va = tiling_xy(_tilings("val"))
-    if augment:
-        x_tr, y_tr = augment_mirrors(x_tr, y_tr)
-    with _start_run("size_agnostic", "train_size_agnostic") as run:
-        _log_common("size_agnostic", cfg.to_dict(), {"augment": augment, "train_rows": len(x_tr),
-                                                     "val_rows": len(x_va)},
-                    C.TILINGS_PATH, [C.TILINGS_PATH])
-        model, hist = models.train_regressor(x_tr, y_tr, x_va, y_va, cfg,
-                                             callbacks=[tracking.EpochLogger(run.info.run_id)])
-        path = models.save_model(model, MODELS_DIR / "size_agnostic.keras")
-        val = flat_metrics(regression_table(y_va, models.predict(model, x_va)), "val")
-        return _finish_training("size_agnostic", run, path, hist, val, {"epochs_run": len(hist["loss"])})
+    return _train_regressor_job(
+        "size_agnostic", sec, models.RegressorConfig.size_agnostic_paper(**overrides),
+        tiling_xy(_tilings("train")), tiling_xy(_tilings("val")), C.TILINGS_PATH, [C.TILINGS_PATH])
 
 
 def train_cvae(params: dict) -> dict:
