@@ -12,7 +12,7 @@ export DO_NOT_TRACK := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install repro test test-fast bench ui serve clean
+.PHONY: help install data repro test test-fast bench ui serve clean
 TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 UI_PORT ?= 5000
 MODEL ?= deepdram-forward
@@ -33,14 +33,16 @@ $(STAMP): pyproject.toml requirements-lock.txt
 
 install: $(STAMP) ## Create .venv if missing and install deepdram with its test extras (pinned)
 
-repro: $(STAMP) ## Run the whole DVC pipeline on the default profile (params.yaml)
+data: $(STAMP) ## Restore data/ (curated inputs tracked by data.dvc) from the committed DVC remote
 	$(VENV)/bin/dvc pull --quiet data.dvc
+
+repro: data ## Run the whole DVC pipeline on the default profile (params.yaml)
 	$(VENV)/bin/dvc repro
 
-test: $(STAMP) ## Run the whole test suite (what CI runs)
+test: data ## Run the whole test suite (what CI runs)
 	$(PY) -m pytest
 
-test-fast: $(STAMP) ## Run the test suite without the slow end-to-end tests
+test-fast: data ## Run the test suite without the slow end-to-end tests
 	$(PY) -m pytest -m "not slow"
 
 bench: $(STAMP) ## Run the benchmarks and print measured figures against their targets
