@@ -9,7 +9,6 @@ logs them to each training run; `promote` moves `champion` where a challenger is
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +111,7 @@ def _history_frame(history: dict) -> pd.DataFrame:
 def _finish_training(kind: str, run, model_path: Path, history: dict, val_metrics: dict, info: dict) -> dict:
     """Log metrics and the pyfunc model, register a challenger, write the run record."""
     import mlflow
+    from mlflow.entities import Metric
 
     from deepdram import registry, serving, tracking
     from deepdram.io import atomic_target, write_json
@@ -122,8 +122,8 @@ def _finish_training(kind: str, run, model_path: Path, history: dict, val_metric
         hist.to_csv(tmp, index=False)
     png = TRAINING_REPORTS / f"{kind}_loss.png"
     _plot_history(hist, png, kind)
-    tracking.client().log_batch(run.info.run_id, metrics=[
-        __import__("mlflow").entities.Metric(k, float(v), 0, 0) for k, v in val_metrics.items()])
+    tracking.client().log_batch(run.info.run_id,
+                                metrics=[Metric(k, float(v), 0, 0) for k, v in val_metrics.items()])
     mlflow.log_artifact(str(hist_path), "training")
     mlflow.log_artifact(str(png), "training")
     pyfunc_kind = "generator" if kind == "cvae" else kind
