@@ -26,7 +26,7 @@ from deepdram.errors import DeepdramError, InputError
 PROG = "deepdram"
 ZG_TEXT = ", ".join(f"{z:g}" for z in ZG_VALUES)
 
-MAIN_DESCRIPTION = f"""\
+MAIN_DESCRIPTION = """\
 Deep-DRAM random-network mechanical metamaterials: sample lattice designs and
 compute their elastic properties with a 2D Timoshenko frame model.
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from deepdram import constants as C
 from deepdram import params as P
-from deepdram.training import EVAL_DIR, MODELS_DIR, cell_xy, tiling_xy
+from deepdram.training import EVAL_DIR, MODELS_DIR, cell_xy, split_rows, tiling_xy
 
 PROPS = list(C.PROPERTY_COLUMNS)
 
@@ -208,8 +208,7 @@ def evaluate(params: dict) -> dict:
     """All three models on the held-out test split; metrics go to DVC and to each MLflow run."""
     sec = P.section(params, "evaluate")
     x, y = cell_xy(pd.read_parquet(C.SPLITS_DIR / "test.parquet"))
-    til = pd.read_parquet(C.TILINGS_PATH)
-    xt, yt = tiling_xy(til[til["split"] == "test"])
+    xt, yt = tiling_xy(split_rows(pd.read_parquet(C.TILINGS_PATH), "test"))
     metrics = {}
     for kind, xx, yy, key, title in (("forward", x, y, "table6_forward", "Forward model"),
                                      ("size_agnostic", xt, yt, "table12_size_agnostic", "Size-agnostic model")):

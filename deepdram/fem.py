@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -217,15 +218,13 @@ def _cell_tables():
     return ke, kq, dofs, code, moved_value, gvec, ecoef
 
 
-_TABLES = None
 SECTION = np.array([AREA, INERTIA, THICKNESS / 2, E_B * STRAIN])
 
 
+@lru_cache(maxsize=1)
 def _tables():
-    global _TABLES
-    if _TABLES is None:
-        _TABLES = _cell_tables()
-    return _TABLES
+    """The kernel's constant tables, built once per process."""
+    return _cell_tables()
 
 
 def _threads() -> int:

@@ -375,6 +375,21 @@ def _as_2d(a, cols: int | None, what: str) -> np.ndarray:
     return a
 
 
+def _check_splits(x_tr, y_tr, x_va, y_va, n_in: int | None, n_out: int):
+    """Checked 2D float arrays of the train (and, if given, validation) split, and whether there is one."""
+    x_tr = _as_2d(x_tr, n_in, "x_train")
+    y_tr = _as_2d(y_tr, n_out, "y_train")
+    if len(x_tr) != len(y_tr) or len(x_tr) == 0:
+        raise InputError(f"x_train and y_train need the same, non-zero number of rows; got {len(x_tr)}, {len(y_tr)}")
+    has_val = x_va is not None and y_va is not None
+    if has_val:
+        x_va = _as_2d(x_va, x_tr.shape[1], "x_val")
+        y_va = _as_2d(y_va, n_out, "y_val")
+        if len(x_va) != len(y_va):
+            raise InputError(f"x_val and y_val row counts differ: {len(x_va)}, {len(y_va)}")
+    return x_tr, y_tr, x_va, y_va, has_val
+
+
 def _history(h) -> dict[str, list[float]]:
     return {k: [float(v) for v in vals] for k, vals in h.history.items()}
 
@@ -403,17 +418,8 @@ def train_regressor(x_tr, y_tr, x_va=None, y_va=None, cfg: RegressorConfig | Non
     "val_mae" - all in SCALED target units (MinMax: [0, 1] over the train range).
     """
     cfg = cfg or RegressorConfig()
-    x_tr = _as_2d(x_tr, None, "x_train")
-    y_tr = _as_2d(y_tr, n_out, "y_train")
+    x_tr, y_tr, x_va, y_va, has_val = _check_splits(x_tr, y_tr, x_va, y_va, None, n_out)
     n_in = x_tr.shape[1]
-    if len(x_tr) != len(y_tr) or len(x_tr) == 0:
-        raise InputError(f"x_train and y_train need the same, non-zero number of rows; got {len(x_tr)}, {len(y_tr)}")
-    has_val = x_va is not None and y_va is not None
-    if has_val:
-        x_va = _as_2d(x_va, n_in, "x_val")
-        y_va = _as_2d(y_va, n_out, "y_val")
-        if len(x_va) != len(y_va):
-            raise InputError(f"x_val and y_val row counts differ: {len(x_va)}, {len(y_va)}")
     keras.utils.set_random_seed(cfg.seed)
     xs, xo = feature_scaling(n_in, cfg.scaling)
     ys, yo = minmax_scaling(y_tr) if cfg.scaling == "minmax" else (np.ones(n_out), np.zeros(n_out))
@@ -607,14 +613,7 @@ def train_cvae(x_tr, y_tr, x_va, y_va, forward_model, cfg: CVAEConfig | None = N
     cfg = cfg or CVAEConfig()
     if isinstance(forward_model, (str, Path)):
         forward_model = load_model(forward_model)
-    x_tr = _as_2d(x_tr, N_BEAMS, "x_train")
-    y_tr = _as_2d(y_tr, N_PROPS, "y_train")
-    if len(x_tr) != len(y_tr) or len(x_tr) == 0:
-        raise InputError(f"x_train and y_train need the same, non-zero number of rows; got {len(x_tr)}, {len(y_tr)}")
-    has_val = x_va is not None and y_va is not None
-    if has_val:
-        x_va = _as_2d(x_va, N_BEAMS, "x_val")
-        y_va = _as_2d(y_va, N_PROPS, "y_val")
+    x_tr, y_tr, x_va, y_va, has_val = _check_splits(x_tr, y_tr, x_va, y_va, N_BEAMS, N_PROPS)
     keras.utils.set_random_seed(cfg.seed)
     parts = build_cvae(cfg, forward_model)
     _, unscale = scalers_of(forward_model)

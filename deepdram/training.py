@@ -63,8 +63,8 @@ def _subsample(x, y, limit: int | None, seed: int):
     return x[idx], y[idx]
 
 
-def _tilings(split: str) -> pd.DataFrame:
-    df = pd.read_parquet(C.TILINGS_PATH)
+def split_rows(df: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Rows of one split (train/val/test) of a table with a `split` column."""
     return df[df["split"] == split].reset_index(drop=True)
 
 
@@ -206,9 +206,11 @@ def train_size_agnostic(params: dict) -> dict:
     from deepdram import models
 
     sec, overrides = _model_overrides(params, "train_size_agnostic")
+    tilings = pd.read_parquet(C.TILINGS_PATH)
     return _train_regressor_job(
         "size_agnostic", sec, models.RegressorConfig.size_agnostic_paper(**overrides),
-        tiling_xy(_tilings("train")), tiling_xy(_tilings("val")), C.TILINGS_PATH, [C.TILINGS_PATH])
+        tiling_xy(split_rows(tilings, "train")), tiling_xy(split_rows(tilings, "val")), C.TILINGS_PATH,
+        [C.TILINGS_PATH])
 
 
 def train_cvae(params: dict) -> dict:
