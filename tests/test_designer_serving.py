@@ -1,0 +1,112 @@
+"""The served inverse designer: REAL `mlflow models serve` of `models:/deepdram-designer@champion`.
+
+Tiny stand-in models (tests/test_design.py) are bundled by `designer.log_designer`, registered and
+promoted in a temporary store; the server answers requests with ranked, FE-verified designs that
+match the in-process procedure, and refuses bad requests with 400 naming the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mlflow")
+pytest.importorskip("keras")
+
+import mlflow  # noqa: E402
+
+from deepdram import design as D  # noqa: E402
+from deepdram import designer, registry, tracking  # noqa: E402
+from deepdram.constants import BIT_COLUMNS  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_design import tiny_models  # noqa: E402
+from test_serving import Server, get, post  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+COLUMNS = ["E11", "E22", "nu12", "nu21", "d1", "d2"]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("designer-store")
+    uri = f"sqlite:///{(root / 'mlflow.db').as_posix()}"
+    files = tiny_models(root)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        tracking.reset()
+        tracking.configure()
+        tracking.experiment("test-designer")
+        with mlflow.start_run() as run:
+            mlflow.log_metric("design_success_rate", 1.0)
+            designer.log_designer(files)
+        assert registry.register(run.info.run_id, designer.NAME, artifact="designer") == 1
+        assert registry.promote(designer.NAME, metric="design_success_rate")["decision"] == "promoted"
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+        env.pop("MLFLOW_REGISTRY_URI", None)
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        server = Server(f"models:/{designer.NAME}@champion", root / "server.log", env)
+        try:
+            server.wait(120)
+            yield {"server": server, "models": D.load_keras_models(files)}
+        finally:
+            server.stop()
+            tracking.reset()
+
+
+def test_served_designs_match_the_in_process_procedure(served):
+    url = served["server"].url
+    rows = [[0.03, 0.03, 0.1, 0.1, 4, 4], [0.03, 0.03, 0.1, 0.1, 1, 1]]
+    status, body = post(url, {"dataframe_split": {"columns": COLUMNS, "data": rows},
+                              "params": {"n_candidates": 2000, "top_k": 5, "seed": 3}})
+    assert status == 200, body
+    out = body["predictions"]
+    assert [r["request"] for r in out] == [0] * 5 + [1] * 5
+    assert [r["rank"] for r in out[:5]] == [1, 2, 3, 4, 5]
+    for i, (d1, d2) in enumerate(((4, 4), (1, 1))):
+        req = D.parse_request({"target": rows[i][:4], "d1": d1, "d2": d2, "n_candidates": 2000, "top_k": 5,
+                               "seed": 3})
+        ref = D.design(served["models"], req).table
+        got = [r for r in out if r["request"] == i]
+        np.testing.assert_array_equal(np.array([[r[c] for c in BIT_COLUMNS] for r in got]),
+                                      ref[list(BIT_COLUMNS)].to_numpy())
+        np.testing.assert_allclose([r["mse_fe"] for r in got], ref["mse_fe"], rtol=1e-6)
+        np.testing.assert_allclose([r["vm1"] for r in got], ref["vm1"], rtol=1e-6)
+        assert all(r["candidates"] == 2000 and not r["best_effort"] for r in got)
+    # a per-row override beats the params; unreachable-but-physical target: flagged best effort
+    status, body = post(url, {"dataframe_records": [{"E11": 0.25, "E22": 0.01, "nu12": 2.5, "nu21": -2.5,
+                                                     "d1": 2, "d2": 2, "top_k": 2}],
+                              "params": {"n_candidates": 1000}})
+    assert status == 200, body
+    assert len(body["predictions"]) == 2 and all(r["best_effort"] for r in body["predictions"])
+
+
+@pytest.mark.parametrize("payload, needles", [
+    ({"dataframe_split": {"columns": COLUMNS[:5], "data": [[0.03, 0.03, 0.1, 0.1, 4]]}},
+     ["missing input column", "d2"]),
+    ({"dataframe_split": {"columns": COLUMNS, "data": [[0.03, "abc", 0.1, 0.1, 4, 4]]}},
+     ["row 0", "E22", "'abc'"]),
+    ({"dataframe_split": {"columns": COLUMNS, "data": [[0.03, 0.03, 0.1, 0.1, 4, 4], [0.03, 0.03, 0.1, 0.1, 3, 4]]}},
+     ["row 1", "d1 must be an even integer", "got 3"]),
+    ({"dataframe_split": {"columns": COLUMNS, "data": [[0.03, 0.03, 0.1, 0.1, 4, 24]]}},
+     ["row 0", "d2", "24"]),
+    ({"dataframe_split": {"columns": COLUMNS, "data": [[0.03, 0.03, 0.1, 0.1, 4, 4]]},
+      "params": {"n_candidates": 10**7}}, ["n_candidates", "above the cap of 200000"]),
+    ({"dataframe_split": {"columns": COLUMNS, "data": [[0.9, 0.03, 0.1, 0.1, 4, 4]]}},
+     ["row 0", "E11 = 0.9", "physically reachable"]),
+    ({"dataframe_split": {"columns": COLUMNS, "data": [[0.03, 0.03, None, 0.1, 4, 4]]}},
+     ["row 0", "nu12", "missing"]),
+])
+def test_bad_requests_get_400_naming_the_problem(served, payload, needles):
+    url = served["server"].url
+    status, body = post(url, payload)
+    assert status == 400, (status, body)
+    for n in needles:
+        assert n in body["message"], (n, body["message"])
+    assert get(url + "/ping")[0] == 200
