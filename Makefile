@@ -47,6 +47,8 @@ test-fast: data ## Run the test suite without the slow end-to-end tests
 
 bench: $(STAMP) ## Run the benchmarks and print measured figures against their targets
 	$(PY) benchmarks/bench_fem.py
+	$(PY) benchmarks/bench_design.py
+	$(PY) benchmarks/bench_tuning.py
 
 ui: $(STAMP) ## Start the MLflow UI on http://127.0.0.1:5000 (project store: mlruns/mlflow.db)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(UI_PORT)

@@ -132,12 +132,61 @@ def _tsne_plot(z: np.ndarray, classes: np.ndarray, path: Path, seed: int) -> Non
     _figure(path, draw, size=(6, 5))
 
 
+def _eval_draws(n: int, tsne_points: int, n_targets: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of the t-SNE sample and of the generation targets (one seeded stream)."""
+    rng = np.random.default_rng(seed)
+    tsne_idx = rng.permutation(n)[: min(tsne_points, n)]
+    return tsne_idx, rng.permutation(n)[: min(n_targets, n)]
+
+
+def generate_best_of_k(generator, forward, targets: np.ndarray, k: int, seed: int) -> dict:
+    """K generated designs per target, their forward-model properties, and the best valid one each
+    (by scaled MSE, `metrics.best_of_k`): arrays designs, valid, fwd (N*K rows), has, chosen, best_fwd."""
+    from deepdram import models
+    from deepdram.lattice import is_valid
+    from deepdram.metrics import best_of_k
+
+    probs = models.generate(generator, targets, k=k, seed=seed)  # (N, K, 42)
+    designs = models.designs_from_probabilities(probs.reshape(-1, C.N_BEAMS))
+    valid = is_valid(designs)
+    fwd = models.predict(forward, designs.astype(np.float32)).astype(float)
+    fwd_valid = np.where(valid[:, None], fwd, np.nan).reshape(len(targets), k, 4)
+    best = best_of_k(targets, fwd_valid)
+    has = np.isfinite(fwd_valid).all(axis=2).any(axis=1)
+    rows = np.arange(len(targets))
+    chosen = designs.reshape(len(targets), k, C.N_BEAMS)[rows, best][has]
+    return {"designs": designs, "valid": valid, "fwd": fwd, "has": has, "chosen": chosen,
+            "best_fwd": fwd_valid[rows, best][has]}
+
+
+def promotion_value(kind: str, model, params: dict) -> float:
+    """The promotion metric of a (champion's) Keras model on the CURRENT test split, computed as
+    `evaluate` computes it for a new model, so that two versions compare on the same rows."""
+    from deepdram import models
+    from deepdram.metrics import regression_table
+
+    if kind == "forward":
+        x, y = cell_xy(pd.read_parquet(C.SPLITS_DIR / "test.parquet"))
+        return float(regression_table(y, models.predict(model, x)).loc["R2", "overall"])
+    if kind == "size_agnostic":
+        x, y = tiling_xy(split_rows(pd.read_parquet(C.TILINGS_PATH), "test"))
+        return float(regression_table(y, models.predict(model, x)).loc["R2", "overall"])
+    sec = P.section(params, "evaluate")
+    seed = P.seed(sec, "seed", "evaluate")
+    k = P.positive_int(sec, "generator_k", "evaluate")
+    x, y = cell_xy(pd.read_parquet(C.SPLITS_DIR / "test.parquet"))
+    _, t_idx = _eval_draws(len(x), P.positive_int(sec, "tsne_points", "evaluate"),
+                           P.positive_int(sec, "generator_targets", "evaluate"), seed)
+    g = generate_best_of_k(model, models.load_model(MODELS_DIR / "forward.keras"), y[t_idx], k, seed)
+    return float(regression_table(y[t_idx][g["has"]], g["best_fwd"]).loc["R2", "overall"])
+
+
 def evaluate_generator(x: np.ndarray, y: np.ndarray, sec: dict) -> dict:
     """Reconstruction scores, latent t-SNE, single-shot and best-of-K generation (forward and FE)."""
     from deepdram import models
     from deepdram.fem import cell_properties
-    from deepdram.lattice import is_valid, to_keys
-    from deepdram.metrics import auxeticity_class, best_of_k, flat_metrics, reconstruction_scores, regression_table
+    from deepdram.lattice import to_keys
+    from deepdram.metrics import auxeticity_class, flat_metrics, reconstruction_scores, regression_table
 
     seed = P.seed(sec, "seed", "evaluate")
     k = P.positive_int(sec, "generator_k", "evaluate")
@@ -159,27 +208,18 @@ def evaluate_generator(x: np.ndarray, y: np.ndarray, sec: dict) -> dict:
                       columns=["pred auxetic", "pred conventional", "pred double-auxetic"])
     _write_table(cm, out / "confusion_matrix", "Reconstruction: auxeticity class confusion matrix (rows: true)")
 
-    rng = np.random.default_rng(seed)
-    sub = rng.permutation(len(x))[: min(tsne_points, len(x))]
-    z = models.predict(encoder, np.concatenate([x[sub], y[sub]], axis=1))
-    _tsne_plot(z, auxeticity_class(y[sub]), out / "latent_tsne.png", seed)
+    tsne_idx, t_idx = _eval_draws(len(x), tsne_points, n_targets, seed)
+    z = models.predict(encoder, np.concatenate([x[tsne_idx], y[tsne_idx]], axis=1))
+    _tsne_plot(z, auxeticity_class(y[tsne_idx]), out / "latent_tsne.png", seed)
 
     # generation for test targets (Tables S8, S9) and FE verification
-    t_idx = rng.permutation(len(y))[: min(n_targets, len(y))]
     targets = y[t_idx]
-    probs = models.generate(generator, targets, k=k, seed=seed)  # (N, K, 42)
-    designs = models.designs_from_probabilities(probs.reshape(-1, C.N_BEAMS))
-    valid = is_valid(designs)
+    g = generate_best_of_k(generator, forward, targets, k, seed)
+    designs, valid, fwd, has, chosen, best_fwd = (g[n] for n in ("designs", "valid", "fwd", "has", "chosen", "best_fwd"))
     keys = to_keys(designs)
     metrics["test_gen_valid_share"] = float(valid.mean())
     metrics["test_gen_distinct_share"] = float(len(np.unique(keys[valid])) / max(1, valid.sum()))
-    fwd = models.predict(forward, designs.astype(np.float32)).astype(float)
-    fwd_valid = np.where(valid[:, None], fwd, np.nan).reshape(len(targets), k, 4)
     single = regression_table(targets, fwd.reshape(len(targets), k, 4)[:, 0])
-    best = best_of_k(targets, fwd_valid)
-    has = np.isfinite(fwd_valid).all(axis=2).any(axis=1)
-    chosen = designs.reshape(len(targets), k, C.N_BEAMS)[np.arange(len(targets)), best][has]
-    best_fwd = fwd_valid[np.arange(len(targets)), best][has]
     best_table = regression_table(targets[has], best_fwd)
     fe = cell_properties(chosen, validate=False)
     fe_table = regression_table(targets[has], fe)

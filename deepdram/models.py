@@ -60,10 +60,16 @@ from deepdram.errors import InputError
 
 N_PROPS = 4  # [E11/Eb, E22/Eb, nu12, nu21]
 N_SIZE_AGNOSTIC_IN = N_BEAMS + 2  # b00..b41, d1, d2
+N_HOMOGENIZED = 12  # Homogenization features (deepdram.homogenize.N_FEATURES)
 ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "none": None}
 OPTIMIZERS = ("adam", "rmsprop")
 SHAPES = ("triangle", "rectangle")
 SCALINGS = ("minmax", "none")
+FEATURES = ("none", "homogenized")  # extra physics inputs of a regressor (see `Homogenization`)
+LR_SCHEDULES = ("constant", "cosine")
+LOSSES = ("mse", "balanced")
+SYMMETRIES = ("none", "mirrors", "all")  # the 4 mirror images, or those and their transposes (8)
+SWAP_PROPS = [1, 0, 3, 2]  # transposing a design swaps E11 <-> E22 and nu12 <-> nu21
 
 # --- Custom layers ---------------------------------------------------------------------------------
 
@@ -142,6 +148,26 @@ class Columns(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="deepdram")
+class Gather(keras.layers.Layer):
+    """Columns of a 2D input in a fixed order (a symmetry image of a design, or of properties)."""
+
+    def __init__(self, indices, **kwargs):
+        super().__init__(**kwargs)
+        self.indices = [int(i) for i in indices]
+
+    def call(self, inputs):
+        return ops.take(inputs, ops.convert_to_tensor(np.asarray(self.indices, dtype="int32")), axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], len(self.indices))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(indices=self.indices)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="deepdram")
 class Sampling(keras.layers.Layer):
     """Reparameterisation trick: z = mean + exp(log_var / 2) * eps, eps ~ N(0, I) (seeded)."""
 
@@ -175,6 +201,51 @@ class KLDivergence(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0][0], 1)
+
+
+@keras.saving.register_keras_serializable(package="deepdram")
+class Homogenization(keras.layers.Layer):
+    """(N, 42) designs -> (N, 12) periodic-homogenisation features (`deepdram.homogenize`).
+
+    The same FE computation as `homogenize.features` in backend ops (assembly as one matrix
+    product, a batched 25 x 25 solve), so a saved model computes its own physics features
+    (relative difference to the float64 NumPy reference ~1e-5). No weights: the tables come from
+    the geometry and material constants.
+    """
+
+    def build(self, input_shape):
+        from deepdram import homogenize as H
+
+        self._tables = H.beam_tables()
+        self._opposite = H.OPPOSITE.astype("int32")
+        self._perimeter = H.ON_PERIMETER
+        self._norm = H.NORM
+
+    def call(self, inputs):
+        from deepdram import homogenize as H
+
+        x = ops.cast(inputs, "float32")
+        union = ops.maximum(x, ops.take(x, self._opposite, axis=1))
+        w = ops.where(ops.convert_to_tensor(self._perimeter), 0.5 * union, x)
+        # Assembly in float32 (weights are 0, 0.5, 1: exact; float64 products are ~40x slower on
+        # CPU); the solve and the Schur complement, where terms cancel, in float64.
+        k = ops.matmul(w, ops.convert_to_tensor(self._tables, "float32"))
+        k = ops.reshape(ops.cast(k, "float64"), (-1, H.N_DOF, H.N_DOF))
+        lo, hi = int(H.KEPT[0]), H.N_FREE
+        kwe = k[:, lo:hi, hi:]
+        sol = ops.solve(k[:, lo:hi, lo:hi], kwe)
+        c = k[:, hi:, hi:] - ops.matmul(ops.transpose(kwe, (0, 2, 1)), sol)
+        c = 0.5 * (c + ops.transpose(c, (0, 2, 1))) * self._norm
+        s = ops.inv(c)
+        e1, e2 = 1.0 / s[:, 0, 0], 1.0 / s[:, 1, 1]
+        f = ops.stack([c[:, 0, 0], c[:, 1, 1], c[:, 0, 1], c[:, 0, 2], c[:, 1, 2], c[:, 2, 2],
+                       e1, e2, -s[:, 0, 1] * e1, -s[:, 0, 1] * e2, s[:, 0, 2] * e1, s[:, 1, 2] * e2], axis=1)
+        return ops.cast(f, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        from deepdram.homogenize import N_FEATURES
+
+        return (input_shape[0], N_FEATURES)
 
 
 # --- Architecture helpers --------------------------------------------------------------------------
@@ -223,7 +294,11 @@ def feature_scaling(n_in: int, scaling: str = "minmax") -> tuple[np.ndarray, np.
                      f"(b00..b41, d1, d2); got {n_in}")
 
 
-def _optimizer(name: str, lr: float):
+def _optimizer(name: str, lr: float, schedule: str = "constant", steps: int = 1):
+    if schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, int(steps)))
+    elif schedule != "constant":
+        raise InputError(f"lr_schedule must be one of {LR_SCHEDULES}; got {schedule!r}")
     if name == "adam":
         return keras.optimizers.Adam(learning_rate=lr)
     if name == "rmsprop":
@@ -285,6 +360,17 @@ class RegressorConfig(_ConfigMixin):
     scaling: str = "minmax"
     seed: int = 0
     patience: int = 0  # early stopping on val_loss (best weights restored); 0 = off
+    # Beyond the paper: "homogenized" adds the design's periodic-homogenisation features
+    # (computed exactly inside the model) to the inputs; "cosine" decays the learning rate to 0
+    # over the planned epochs.
+    features: str = "none"
+    lr_schedule: str = "constant"
+    # "balanced": MSE per output weighted by 1 / its scaled train variance (mean weight 1), i.e.
+    # the mean of (1 - R2) over the outputs; with MinMax targets plain MSE favours E over nu.
+    loss: str = "mse"
+    # Average the prediction over the design's symmetry images (outputs mapped back): the model
+    # becomes exactly invariant / equivariant, as the physics is; inference costs 4x or 8x.
+    symmetrize: str = "none"
 
     def __post_init__(self):
         self.hidden_layers = _positive(self.hidden_layers, "hidden_layers")
@@ -302,6 +388,10 @@ class RegressorConfig(_ConfigMixin):
         _choice(self.scaling, SCALINGS, "scaling")
         self.seed = _positive(self.seed, "seed", allow_zero=True)
         self.patience = _positive(self.patience, "patience", allow_zero=True)
+        _choice(self.features, FEATURES, "features")
+        _choice(self.lr_schedule, LR_SCHEDULES, "lr_schedule")
+        _choice(self.loss, LOSSES, "loss")
+        _choice(self.symmetrize, SYMMETRIES, "symmetrize")
 
     @classmethod
     def forward_paper(cls, **overrides) -> "RegressorConfig":
@@ -340,12 +430,16 @@ def _mlp(n_in: int, widths: Sequence[int], n_out: int, activation: str, output_a
 
 
 def build_regressor(n_in: int, n_out: int, cfg: RegressorConfig, x_scale=None, x_offset=None,
-                    y_scale=None, y_offset=None, name: str | None = None, output_bias=None):
+                    y_scale=None, y_offset=None, name: str | None = None, output_bias=None,
+                    feature_stats=None):
     """(core, full): `core` maps scaled inputs to scaled targets; `full` = input ->
     Affine(x_scale, x_offset) -> core -> inverse of Affine(y_scale, y_offset), in physical units.
 
     The scales and offsets are the FORWARD scalings (scaled = raw * scale + offset); missing ones
     are the identity. `output_bias` (n_out,) initialises the output layer's bias (default zeros).
+    With cfg.features == "homogenized" the core also takes the 12 `Homogenization` features of the
+    design bits, standardised by `feature_stats` = (mean, std) (default 0, 1), after the scaled
+    inputs: `full` computes them itself, so callers still pass bits (and sizes) only.
     """
     ones = lambda n: np.ones(n)  # noqa: E731
     zeros = lambda n: np.zeros(n)  # noqa: E731
@@ -354,12 +448,19 @@ def build_regressor(n_in: int, n_out: int, cfg: RegressorConfig, x_scale=None, x
     y_scale = ones(n_out) if y_scale is None else y_scale
     y_offset = zeros(n_out) if y_offset is None else y_offset
     widths = hidden_widths(cfg.hidden_layers, cfg.first_width, cfg.shape, n_out)
-    core = _mlp(n_in, widths, n_out, cfg.activation, cfg.output_activation, cfg.batch_norm, "core",
+    physics = cfg.features == "homogenized"
+    n_core = n_in + (N_HOMOGENIZED if physics else 0)
+    core = _mlp(n_core, widths, n_out, cfg.activation, cfg.output_activation, cfg.batch_norm, "core",
                 output_bias=output_bias)
     if name is None:
         name = "size_agnostic" if n_in == N_SIZE_AGNOSTIC_IN else "forward"
     x = keras.Input((n_in,), name="features")
     h = Affine(x_scale, x_offset, name="x_scaler")(x)
+    if physics:
+        mean, std = feature_stats if feature_stats is not None else (np.zeros(N_HOMOGENIZED), np.ones(N_HOMOGENIZED))
+        f = Homogenization(name="homogenization")(Columns(0, N_BEAMS, name="design_bits")(x))
+        f = Affine(1.0 / np.asarray(std), -np.asarray(mean) / np.asarray(std), name="feature_scaler")(f)
+        h = keras.layers.Concatenate(name="core_inputs")([h, f])
     h = core(h)
     y = Affine(y_scale, y_offset).inverse(name="y_unscaler")(h)
     return core, keras.Model(x, y, name=name)
@@ -404,6 +505,36 @@ def _callbacks(patience: int, has_val: bool, callbacks) -> list:
     return cbs
 
 
+def homogenized_inputs(x: np.ndarray, stats=None) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """(standardised Homogenization features of the design bits in x[:, :42], (mean, std)); the
+    mean and std are fitted on x unless `stats` is given."""
+    from deepdram.homogenize import features
+
+    f = features(np.asarray(x)[:, :N_BEAMS].astype(np.uint8), validate=False)
+    if stats is None:
+        std = f.std(axis=0)
+        stats = (f.mean(axis=0), np.where(std > 0, std, 1.0))
+    return (f - stats[0]) / stats[1], stats
+
+
+def output_weights(y_scaled: np.ndarray) -> np.ndarray:
+    """(n_out,) weights 1 / variance of each scaled target, normalised to mean 1."""
+    var = np.var(np.asarray(y_scaled, dtype=np.float64), axis=0)
+    inv = 1.0 / np.where(var > 0, var, 1.0)
+    return inv / inv.mean()
+
+
+def _regression_loss(name: str, y_scaled: np.ndarray):
+    if name == "mse":
+        return "mse"
+    weights = ops.convert_to_tensor(output_weights(y_scaled).astype(np.float32))
+
+    def balanced_mse(y_true, y_pred):
+        return ops.mean(ops.square(y_true - y_pred) * weights, axis=-1)
+
+    return balanced_mse
+
+
 def train_regressor(x_tr, y_tr, x_va=None, y_va=None, cfg: RegressorConfig | None = None,
                     n_out: int = N_PROPS, callbacks: Sequence = (), verbose: int = 0):
     """Train a forward model; returns (full_model, history).
@@ -414,8 +545,10 @@ def train_regressor(x_tr, y_tr, x_va=None, y_va=None, cfg: RegressorConfig | Non
     on val_loss with best weights restored when cfg.patience > 0). `callbacks` are passed to
     `fit` as they are (their `model` is the core, which works in scaled units).
 
-    history: per-epoch lists "loss" (MSE), "mae" and, with a validation split, "val_loss",
-    "val_mae" - all in SCALED target units (MinMax: [0, 1] over the train range).
+    history: per-epoch lists "loss" (MSE, or the balanced MSE with cfg.loss == "balanced"), "mae"
+    and, with a validation split, "val_loss", "val_mae" - all in SCALED target units (MinMax:
+    [0, 1] over the train range). cfg.features == "homogenized" adds the physics features
+    (`build_regressor`); cfg.lr_schedule == "cosine" decays the learning rate to 0 over cfg.epochs.
     """
     cfg = cfg or RegressorConfig()
     x_tr, y_tr, x_va, y_va, has_val = _check_splits(x_tr, y_tr, x_va, y_va, None, n_out)
@@ -426,20 +559,66 @@ def train_regressor(x_tr, y_tr, x_va=None, y_va=None, cfg: RegressorConfig | Non
     # Output bias starts at the mean scaled target: with the paper's ReLU output a zero bias lets
     # an output unit die early (stuck at the train minimum, zero gradient), which we observed.
     y_mean = np.mean(y_tr * ys + yo, axis=0)
-    core, full = build_regressor(n_in, n_out, cfg, xs, xo, ys, yo, output_bias=y_mean)
-    core.compile(optimizer=_optimizer(cfg.optimizer, cfg.learning_rate), loss="mse", metrics=["mae"])
+    core_in_tr, core_in_va, stats = x_tr * xs + xo, (x_va * xs + xo if has_val else None), None
+    if cfg.features == "homogenized":
+        # Computed once by the compiled kernel for the core's inputs; `full` recomputes them in-graph.
+        f_tr, stats = homogenized_inputs(x_tr)
+        core_in_tr = np.concatenate([core_in_tr, f_tr], axis=1)
+        if has_val:
+            core_in_va = np.concatenate([core_in_va, homogenized_inputs(x_va, stats)[0]], axis=1)
+    core, full = build_regressor(n_in, n_out, cfg, xs, xo, ys, yo, output_bias=y_mean, feature_stats=stats)
+    steps = cfg.epochs * math.ceil(len(x_tr) / cfg.batch_size)
+    core.compile(optimizer=_optimizer(cfg.optimizer, cfg.learning_rate, cfg.lr_schedule, steps),
+                 loss=_regression_loss(cfg.loss, y_tr * ys + yo), metrics=["mae"])
     f32 = lambda a: np.asarray(a, dtype=np.float32)  # noqa: E731
-    val = (f32(x_va * xs + xo), f32(y_va * ys + yo)) if has_val else None
-    h = core.fit(f32(x_tr * xs + xo), f32(y_tr * ys + yo), batch_size=cfg.batch_size, epochs=cfg.epochs,
+    val = (f32(core_in_va), f32(y_va * ys + yo)) if has_val else None
+    h = core.fit(f32(core_in_tr), f32(y_tr * ys + yo), batch_size=cfg.batch_size, epochs=cfg.epochs,
                  validation_data=val, shuffle=True, verbose=verbose,
                  callbacks=_callbacks(cfg.patience, has_val, callbacks))
-    return full, _history(h)
+    return symmetrize(full, cfg.symmetrize), _history(h)
+
+
+def symmetry_images(n_in: int, which: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(input columns, output columns) of each symmetry image: model(x[:, cin])[:, cout] predicts
+    the properties of x. Mirrors keep the properties; a transpose also swaps d1 <-> d2 (44 inputs)
+    and maps the predicted properties back by swapping 1 <-> 2."""
+    from deepdram.lattice import MIRROR_X, MIRROR_Y, SWAP_XY, transform
+
+    _choice(which, SYMMETRIES, "symmetrize")
+    ident = np.arange(N_BEAMS)[None]
+    mirrors = [ident, transform(ident, MIRROR_X), transform(ident, MIRROR_Y),
+               transform(transform(ident, MIRROR_X), MIRROR_Y)]
+    images = [(m[0], np.arange(N_PROPS), False) for m in (mirrors if which != "none" else mirrors[:1])]
+    if which == "all":
+        images += [(transform(m, SWAP_XY)[0], np.asarray(SWAP_PROPS), True) for m in mirrors]
+    extra = np.arange(N_BEAMS, n_in)
+    return [(np.concatenate([bits, extra[::-1] if swap else extra]), out) for bits, out, swap in images]
+
+
+def symmetrize(model, which: str):
+    """`model` averaged over the design's symmetry images (`symmetry_images`); same inputs and
+    outputs, and `model` becomes its nested layer "regressor"."""
+    if which == "none":
+        return model
+    name = model.name
+    model.name = "regressor"
+    x = keras.Input((model.input_shape[-1],), name="features")
+    outs = [Gather(cout, name=f"image_{k}_out")(model(Gather(cin, name=f"image_{k}_in")(x)))
+            for k, (cin, cout) in enumerate(symmetry_images(model.input_shape[-1], which))]
+    return keras.Model(x, keras.layers.Average(name="symmetry_average")(outs), name=name)
+
+
+def _inner(model):
+    """The regressor inside a symmetrised model (else the model itself)."""
+    names = {layer.name for layer in model.layers}
+    return model.get_layer("regressor") if "regressor" in names else model
 
 
 def scalers_of(model) -> tuple[Affine, Affine]:
     """The (x_scaler, y_unscaler) Affine layers of a full forward model."""
     try:
-        return model.get_layer("x_scaler"), model.get_layer("y_unscaler")
+        inner = _inner(model)
+        return inner.get_layer("x_scaler"), inner.get_layer("y_unscaler")
     except ValueError:
         raise InputError(f"model '{model.name}' is not a deepdram forward model (no x_scaler / "
                          "y_unscaler layers)") from None
@@ -546,7 +725,7 @@ def build_cvae(cfg: CVAEConfig, forward_model) -> CVAEParts:
     if fwd_x.units != N_BEAMS or fwd_unscale.units != N_PROPS:
         raise InputError(f"the CVAE needs a unit-cell forward model ({N_BEAMS} -> {N_PROPS}); "
                          f"got {fwd_x.units} -> {fwd_unscale.units}")
-    fwd_core = fwd.get_layer("core")
+    fwd_core = _inner(fwd).get_layer("core")
     prop_scaler = fwd_unscale.inverse  # physical -> the forward model's scaled target units
     L = cfg.latent_dim
     act = ACTIVATIONS[cfg.activation]

@@ -18,7 +18,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from deepdram.errors import DeepdramError, InputError
@@ -156,13 +156,16 @@ def _json(obj: Any) -> str:
 
 
 def promote(name: str, *, metric: str = DEFAULT_METRIC, higher_is_better: bool = True, tolerance: float = 0.0,
-            version: int | str | None = None, force: bool = False, test_set_tag: str = TEST_SET_TAG) -> dict:
+            version: int | str | None = None, force: bool = False, test_set_tag: str = TEST_SET_TAG,
+            reevaluate: Callable[[Any], float] | None = None) -> dict:
     """Decide whether the candidate (`version`, else the `challenger`) becomes `champion`.
 
     Promote when there is no champion yet, when `force`, or when both runs carry the same
     test-set hash and candidate >= champion - tolerance (<= champion + tolerance when lower is
-    better). Refuse, with the reason, when the test sets differ or are unknown, or a metric is
-    missing. The decision and both metric sets are written as tags on the candidate version;
+    better). When the test sets differ (or the champion's is unknown) and `reevaluate` is given,
+    the champion is scored again on the candidate's test split (`reevaluate(champion_version)`
+    returns its metric there) and compared on that; without it, refuse. A missing metric is a
+    refusal. The decision and both metric sets are written as tags on the candidate version;
     the `champion` alias moves in one call, so it is never half-moved. Returns the decision.
     """
     configure()
@@ -188,6 +191,14 @@ def promote(name: str, *, metric: str = DEFAULT_METRIC, higher_is_better: bool =
     cand_value = cand_metrics.get(metric)
     champ_value = champ_metrics.get(metric) if champ is not None else None
     better = "higher" if higher_is_better else "lower"
+    reevaluated = None
+    if (champ is not None and reevaluate is not None and cand_test is not None and champ_test != cand_test
+            and str(champ.version) != str(cand.version)):
+        # Scored again on the candidate's split, so both numbers describe the same rows.
+        reevaluated = {"test_set_before": champ_test, "value_before": champ_value}
+        champ_value = float(reevaluate(champ))
+        champ_test = cand_test
+        champ_metrics = {**champ_metrics, f"{metric}.reevaluated": champ_value}
 
     promote_it = False
     if champ is not None and str(champ.version) == str(cand.version):
@@ -218,6 +229,9 @@ def promote(name: str, *, metric: str = DEFAULT_METRIC, higher_is_better: bool =
                 rule = f"{cand_value:.6g} <= {champ_value:.6g} + {tolerance:g}"
             verdict = "holds" if ok else "fails"
             reason = f"{metric} ({better} is better): {rule} {verdict}"
+            if reevaluated is not None:
+                reason += (f" ({CHAMPION} re-evaluated on the candidate's test split; on its own split "
+                           f"{reevaluated['test_set_before']} it had {reevaluated['value_before']})")
             if ok:
                 promote_it, decision = True, "promoted"
             elif force:
@@ -242,6 +256,7 @@ def promote(name: str, *, metric: str = DEFAULT_METRIC, higher_is_better: bool =
         "candidate_test_set": cand_test,
         "champion_test_set": champ_test,
         "forced": bool(force and promote_it),
+        "champion_reevaluated": reevaluated is not None,
         "decision": decision,
         "reason": reason,
         "candidate_metrics": cand_metrics,
@@ -298,6 +313,28 @@ def load(name: str, alias: str = CHAMPION):
             f"model {name!r} has no {alias}: run `dvc repro` or `deepdram promote {name} ...`"
         )
     return mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+
+
+def alias_version(name: str, alias: str) -> int | None:
+    """The version number `alias` points to in model `name`; None if the model or alias is absent."""
+    configure()
+    c = client()
+    if _registered(c, name) is None:
+        return None
+    mv = _by_alias(c, name, alias)
+    return None if mv is None else int(mv.version)
+
+
+def keras_model(name: str, version: int | str):
+    """The Keras model inside registered version `version` of `name` (a deepdram pyfunc)."""
+    configure()
+    import mlflow.pyfunc
+
+    wrapper = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
+    model = getattr(wrapper, "model", None)
+    if model is None:
+        raise DeepdramError(f"{name} version {version} is not a deepdram Keras pyfunc model")
+    return model
 
 
 # --- CLI ---------------------------------------------------------------------------------------------

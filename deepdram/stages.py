@@ -8,6 +8,7 @@ the stage with one clear line and exit code 2.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -92,6 +93,27 @@ def data_report(params: dict) -> dict:
                              seed=seed)
 
 
+def _tune(params: dict, model: str) -> dict:
+    from deepdram.tuning import run_stage
+
+    return run_stage(params, model)
+
+
+def tune_forward(params: dict) -> dict:
+    """Hyperparameter study of the forward model (Optuna/Keras-Tuner, trials in MLflow)."""
+    return _tune(params, "forward")
+
+
+def tune_size_agnostic(params: dict) -> dict:
+    """Hyperparameter study of the size-agnostic model."""
+    return _tune(params, "size_agnostic")
+
+
+def tune_cvae(params: dict) -> dict:
+    """Hyperparameter study of the CVAE (needs the trained forward model)."""
+    return _tune(params, "cvae")
+
+
 def train_forward(params: dict) -> dict:
     """Unit-cell forward model (MLflow run + registered challenger)."""
     from deepdram.training import train_forward as run
@@ -127,6 +149,13 @@ def promote(params: dict) -> dict:
     return run(params)
 
 
+def design(params: dict) -> dict:
+    """Inverse design of the shipped requests, the sweep subset, exports; registers deepdram-designer."""
+    from deepdram.design import run_stage
+
+    return run_stage(params, C.DATA_DIR / "requests", C.OUTPUTS_DIR / "designs")
+
+
 STAGES: dict[str, Callable[[dict], dict]] = {
     "cells": cells,
     "validate_cells": validate_cells,
@@ -134,12 +163,20 @@ STAGES: dict[str, Callable[[dict], dict]] = {
     "tilings": tilings,
     "validate_tilings": validate_tilings,
     "data_report": data_report,
+    "tune_forward": tune_forward,
+    "tune_size_agnostic": tune_size_agnostic,
+    "tune_cvae": tune_cvae,
     "train_forward": train_forward,
     "train_size_agnostic": train_size_agnostic,
     "train_cvae": train_cvae,
     "evaluate": evaluate,
     "promote": promote,
+    "design": design,
 }
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(stage: str, argv: list[str] | None = None) -> int:
@@ -147,6 +184,9 @@ def main(stage: str, argv: list[str] | None = None) -> int:
     from deepdram.params import load_params
 
     t0 = time.perf_counter()
+    # `kill` (SIGTERM, e.g. a cancelled job) unwinds like Ctrl-C, so open MLflow runs end FAILED
+    # instead of staying RUNNING and no temporary output is left behind.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         params = load_params()
         info = STAGES[stage](params) or {}

@@ -9,6 +9,7 @@ logs them to each training run; `promote` moves `champion` where a challenger is
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,17 +44,21 @@ def tiling_xy(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return df[cols].to_numpy(np.float32), df[list(C.PROPERTY_COLUMNS)].to_numpy(np.float32)
 
 
-def augment_mirrors(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Add the left-right, top-bottom and double mirror images: same properties (exact symmetry)."""
-    from deepdram.lattice import MIRROR_X, MIRROR_Y, transform
+AUGMENTATIONS = ("none", "mirrors", "all")
 
-    bits = x[:, : C.N_BEAMS]
-    rest = x[:, C.N_BEAMS :]
-    mx = transform(bits, MIRROR_X)
-    my = transform(bits, MIRROR_Y)
-    mxy = transform(mx, MIRROR_Y)
-    xs = [np.concatenate([b, rest], axis=1) for b in (bits, mx, my, mxy)]
-    return np.concatenate(xs), np.concatenate([y] * 4)
+
+def augment_symmetries(x: np.ndarray, y: np.ndarray, which: str = "mirrors") -> tuple[np.ndarray, np.ndarray]:
+    """Add the design's symmetry images (exact: FE-tested): the left-right, top-bottom and double
+    mirrors keep the properties; with "all" also their transposes, which swap E11 <-> E22,
+    nu12 <-> nu21 and (tilings) d1 <-> d2. "none" returns the data as it is."""
+    from deepdram.models import symmetry_images
+
+    if which not in AUGMENTATIONS:
+        raise P.InputError(f"augment must be one of {AUGMENTATIONS}; got {which!r}")
+    if which == "none":
+        return x, y
+    images = symmetry_images(x.shape[1], which)
+    return np.concatenate([x[:, cin] for cin, _ in images]), np.concatenate([y[:, cout] for _, cout in images])
 
 
 def _subsample(x, y, limit: int | None, seed: int):
@@ -165,6 +170,26 @@ def _log_common(kind: str, cfg_dict: dict, data_info: dict, test_set: Path, data
     tracking.log_tags({**tracking.run_context(*datasets, test_set=test_set), "deepdram.kind": kind})
 
 
+def epoch_progress(desc: str, epochs: int):
+    """A Keras callback showing a progress bar over epochs (stderr) with the latest val_loss."""
+    import keras
+    from tqdm import tqdm
+
+    class EpochProgress(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.bar = tqdm(total=epochs, desc=desc, unit="epoch", file=sys.stderr, dynamic_ncols=True)
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            self.bar.set_postfix({k: f"{logs[k]:.3g}" for k in ("loss", "val_loss") if k in logs})
+            self.bar.update(1)
+
+        def on_train_end(self, logs=None):
+            self.bar.close()
+
+    return EpochProgress()
+
+
 # --- jobs --------------------------------------------------------------------------------------------
 
 
@@ -174,17 +199,20 @@ def _train_regressor_job(kind: str, sec: dict, cfg, train: tuple, val: tuple, te
     from deepdram import models, tracking
     from deepdram.metrics import flat_metrics, regression_table
 
-    augment = bool(sec.get("augment", False))
+    augment = sec.get("augment", "none")
+    augment = {True: "mirrors", False: "none", None: "none"}.get(augment, augment)
+    if augment not in AUGMENTATIONS:
+        raise P.InputError(f"params.yaml: 'train_{kind}.augment' must be one of {AUGMENTATIONS}; got {augment!r}")
     limit = sec.get("max_train_rows")
     x_tr, y_tr = _subsample(*train, limit, cfg.seed)
     x_va, y_va = val
-    if augment:
-        x_tr, y_tr = augment_mirrors(x_tr, y_tr)
+    x_tr, y_tr = augment_symmetries(x_tr, y_tr, augment)
     with _start_run(kind, f"train_{kind}") as run:
         _log_common(kind, cfg.to_dict(), {"augment": augment, "max_train_rows": limit,
                                           "train_rows": len(x_tr), "val_rows": len(x_va)}, test_set, datasets)
         model, hist = models.train_regressor(x_tr, y_tr, x_va, y_va, cfg,
-                                             callbacks=[tracking.EpochLogger(run.info.run_id)])
+                                             callbacks=[tracking.EpochLogger(run.info.run_id),
+                                                        epoch_progress(f"train_{kind}", cfg.epochs)])
         path = models.save_model(model, MODELS_DIR / f"{kind}.keras")
         val_metrics = flat_metrics(regression_table(y_va, models.predict(model, x_va)), "val")
         return _finish_training(kind, run, path, hist, val_metrics, {"epochs_run": len(hist["loss"])})
@@ -227,7 +255,8 @@ def train_cvae(params: dict) -> dict:
                                             "val_rows": len(x_va), "forward_model": "outputs/models/forward.keras"},
                     C.SPLITS_DIR / "test.parquet", [C.SPLITS_DIR / "train.parquet", C.SPLITS_DIR / "val.parquet"])
         parts, hist = models.train_cvae(x_tr, y_tr, x_va, y_va, MODELS_DIR / "forward.keras", cfg,
-                                        callbacks=[tracking.EpochLogger(run.info.run_id)])
+                                        callbacks=[tracking.EpochLogger(run.info.run_id),
+                                                   epoch_progress("train_cvae", cfg.epochs)])
         path = models.save_model(parts.generator, MODELS_DIR / "generator.keras")
         models.save_model(parts.encoder, MODELS_DIR / "encoder.keras")
         last = {f"val_{k}": float(v[-1]) for k, v in hist.items() if k.startswith("val_")}
@@ -242,6 +271,19 @@ def _promote_params(params: dict) -> tuple[float, bool]:
     return float(tol), bool(sec.get("force", False))
 
 
+def _reevaluator(kind: str, params: dict):
+    """Scores a registered version of `kind` on the current test split (for `registry.promote`)."""
+
+    def score(version) -> float:
+        from deepdram import registry
+        from deepdram.evaluation import promotion_value
+
+        print(f"{version.name}: re-evaluating {registry.CHAMPION} version {version.version} on the current test split")
+        return promotion_value(kind, registry.keras_model(version.name, version.version), params)
+
+    return score
+
+
 def promote(params: dict) -> dict:
     """Move `champion` to each challenger whose test metric is at least as good (within tolerance)."""
     from deepdram import registry
@@ -250,8 +292,16 @@ def promote(params: dict) -> dict:
     tol, force = _promote_params(params)
     out = {}
     for kind, name in REGISTERED.items():
-        decision = registry.promote(name, metric=PROMOTION_METRIC[kind], tolerance=tol, force=force)
-        print(registry.format_decision(decision))
+        if registry.alias_version(name, registry.CHALLENGER) is None:
+            # Already decided (e.g. only the evaluation reran): nothing new to promote.
+            champion = registry.alias_version(name, registry.CHAMPION)
+            decision = {"model": name, "decision": "unchanged", "champion_after": champion,
+                        "reason": f"no {registry.CHALLENGER}: {registry.CHAMPION} stays at version {champion}"}
+            print(f"{name}: {decision['reason']}")
+        else:
+            decision = registry.promote(name, metric=PROMOTION_METRIC[kind], tolerance=tol, force=force,
+                                        reevaluate=_reevaluator(kind, params))
+            print(registry.format_decision(decision))
         out[kind] = decision
     write_json(out, EVAL_DIR / "promotion.json")
-    return {f"{k}_promoted": bool(v.get("promoted")) for k, v in out.items()}
+    return {f"{k}_promoted": v.get("decision") == "promoted" for k, v in out.items()}

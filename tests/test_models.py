@@ -243,6 +243,76 @@ def test_size_agnostic_model_learns(cells, tmp_path):
     np.testing.assert_array_equal(M.predict(M.load_model(path), x[te]), M.predict(model, x[te]))
 
 
+def test_symmetrised_model_is_exactly_invariant(cells, forward, tmp_path):
+    """Averaging over the 8 symmetry images makes the model respect the physics exactly: mirror
+    images get the same prediction, transposes the swapped one (as FE gives, test_fem); it saves
+    and loads as one file, and its scalers are still found."""
+    model = M.symmetrize(M.load_model(M.save_model(forward[0], tmp_path / "f.keras")), "all")
+    x = cells["test"][0][:300]
+    p = M.predict(model, x)
+    tol = dict(rtol=2e-5, atol=2e-6)
+    for perm in (lattice.MIRROR_X, lattice.MIRROR_Y):
+        np.testing.assert_allclose(M.predict(model, lattice.transform(x, perm)), p, **tol)
+    np.testing.assert_allclose(M.predict(model, lattice.transform(x, lattice.SWAP_XY)), p[:, [1, 0, 3, 2]], **tol)
+    # the plain model is not invariant, so the test has teeth
+    plain = M.predict(forward[0], x)
+    assert np.abs(M.predict(forward[0], lattice.transform(x, lattice.MIRROR_X)) - plain).max() > 1e-4
+    # the symmetrised prediction is the mean of the plain model over the images
+    images = [M.predict(forward[0], x[:, cin])[:, cout] for cin, cout in M.symmetry_images(42, "all")]
+    np.testing.assert_allclose(p, np.mean(images, axis=0), rtol=1e-5, atol=1e-6)
+    loaded = M.load_model(M.save_model(model, tmp_path / "sym.keras"))
+    np.testing.assert_allclose(M.predict(loaded, x), p, rtol=1e-6, atol=1e-7)
+    assert M.scalers_of(loaded)[0].units == 42
+
+
+def test_symmetry_images_of_tilings_swap_sizes():
+    """For the size-agnostic layout a transpose also swaps d1 and d2, and FE agrees (test_tiling)."""
+    from deepdram.tiling import solve_tilings
+    from deepdram.training import augment_symmetries
+
+    d = lattice.sample_designs(3.0, 4, seed=2)
+    x = np.concatenate([d, np.tile([[4, 2]], (4, 1))], axis=1).astype(float)
+    y = solve_tilings(d, 4, 2).properties
+    xa, ya = augment_symmetries(x, y, "all")
+    assert xa.shape == (32, 44) and ya.shape == (32, 4)
+    for k in range(0, 32, 4):  # every image's label is its own FE answer
+        img = xa[k : k + 4]
+        fe = solve_tilings(img[:, :42].astype(np.uint8), img[:, 42].astype(int), img[:, 43].astype(int)).properties
+        np.testing.assert_allclose(ya[k : k + 4], fe, rtol=1e-7, atol=1e-10)
+    assert {tuple(r) for r in xa[:, 42:]} == {(4.0, 2.0), (2.0, 4.0)}
+
+
+def test_physics_features_cosine_and_balanced_loss(cells):
+    """A size-agnostic model with the homogenisation features: the saved model computes them
+    itself (same predictions as its core on the kernel's features), and the options train."""
+    from deepdram import homogenize
+    from deepdram.tiling import solve_tilings
+
+    rng = np.random.default_rng(1)
+    designs = cells["train"][0][:600]
+    d1, d2 = rng.choice([2, 4, 6], 600), rng.choice([2, 4, 6], 600)
+    y = solve_tilings(designs, d1, d2).properties
+    x = np.concatenate([designs, d1[:, None], d2[:, None]], axis=1).astype(float)
+    cfg = M.RegressorConfig.size_agnostic_paper(batch_size=64, epochs=3, learning_rate=1e-3, seed=2,
+                                                features="homogenized", lr_schedule="cosine", loss="balanced")
+    model, history = M.train_regressor(x[:500], y[:500], x[500:], y[500:], cfg)
+    assert len(history["loss"]) == 3 and history["loss"][-1] < history["loss"][0]
+    core = model.get_layer("core")
+    x_scaler = M.scalers_of(model)[0]
+    f = homogenize.features(designs[500:])
+    fs = model.get_layer("feature_scaler")
+    core_in = np.concatenate([x[500:] * x_scaler.scale_values + x_scaler.offset_values,
+                              f * fs.scale_values + fs.offset_values], axis=1)
+    unscale = M.scalers_of(model)[1]
+    via_core = M.predict(core, core_in) * unscale.scale_values + unscale.offset_values
+    np.testing.assert_allclose(M.predict(model, x[500:]), via_core, rtol=1e-3, atol=1e-4)
+    # balanced weights are 1 / variance, mean 1
+    w = M.output_weights(np.array([[0.0, 0.0], [2.0, 1.0]]))
+    np.testing.assert_allclose(w, [0.4, 1.6])
+    with pytest.raises(InputError, match="lr_schedule"):
+        M.RegressorConfig(lr_schedule="step")
+
+
 # --- CVAE --------------------------------------------------------------------------------------
 
 

@@ -25,11 +25,22 @@ TINY = {
     "dask": {"n_workers": 1},
     "cells": {"per_zg": 4000, "shard_size": 400},  # 50 shards
     "tilings": {"cells": 120, "sizes_per_cell": 2, "shard_size": 60},
-    "train_forward": {"model": {"epochs": 3, "batch_size": 256, "learning_rate": 0.001, "patience": 0}},
-    "train_size_agnostic": {"augment": False,
-                            "model": {"epochs": 3, "batch_size": 64, "learning_rate": 0.001, "patience": 0}},
+    # the default profile's training options (symmetrised models, physics features, cosine), tiny
+    "train_forward": {"augment": "mirrors",
+                      "model": {"epochs": 3, "batch_size": 256, "learning_rate": 0.001, "patience": 0,
+                                "lr_schedule": "cosine", "symmetrize": "all"}},
+    "train_size_agnostic": {"augment": "all",
+                            "model": {"epochs": 3, "batch_size": 64, "learning_rate": 0.001, "patience": 0,
+                                      "features": "homogenized", "symmetrize": "mirrors"}},
     "train_cvae": {"max_train_rows": 2000, "model": {"epochs": 2, "batch_size": 256, "learning_rate": 0.001}},
     "evaluate": {"generator_k": 5, "generator_targets": 100, "tsne_points": 200},
+    # tuning stages: 2 trials of 2 epochs on a few hundred rows each (tests/test_tuning.py tests the search)
+    "tune_forward": {"trials": 2, "rows": 300, "fit": {"epochs": 2, "batch_size": 64, "learning_rate": 0.003},
+                     "data": {"pool_cells": 3000}},
+    "tune_size_agnostic": {"trials": 2, "rows": 150, "fit": {"epochs": 2, "learning_rate": 0.003}},
+    "tune_cvae": {"trials": 2, "rows": 300, "fit": {"epochs": 2, "batch_size": 64, "learning_rate": 0.003}},
+    "design": {"n_candidates": 2000, "export_top": 1,
+               "sweep_profile": {"n_candidates": 200, "sizes": [[4, 4]], "target_stride": 49}},
 }
 
 
@@ -173,6 +184,11 @@ def test_models_are_tracked_registered_and_promoted(repo):
         assert len(history) == (2 if name == "deepdram-generator" else 3)
     decisions = json.loads((repo / "outputs/evaluation/promotion.json").read_text())
     assert {d["decision"] for d in decisions.values()} == {"promoted"}
+    # rerunning promote with nothing new to decide keeps every champion and succeeds
+    out = _run(["dvc", "repro", "-f", "-s", "promote"], repo).stdout
+    assert "no challenger: champion stays at version 1" in out
+    again = json.loads((repo / "outputs/evaluation/promotion.json").read_text())
+    assert {d["decision"] for d in again.values()} == {"unchanged"}
     for kind in ("forward", "size_agnostic"):
         table = pd.read_csv(repo / f"outputs/evaluation/{kind}/test_metrics.csv", index_col=0)
         assert "overall (paper)" in table.columns and np.isfinite(table.loc["R2", "overall"])

@@ -209,6 +209,39 @@ def test_different_test_sets_refuse(store, forward_keras):
     assert alias_version(name, "champion") == 1
 
 
+def test_different_test_sets_reevaluate_the_champion(store, forward_keras):
+    """With a re-evaluator, a champion from another test split is scored again on the candidate's
+    split (through its registered Keras model) and the decision uses that score."""
+    name = "deepdram-forward-reeval"
+    registry.register(log_run(forward_keras, 0.5), name)
+    registry.promote(name)
+    seen = []
+    x = np.random.default_rng(0).integers(0, 2, (8, 42)).astype(np.float32)
+    expected = keras.saving.load_model(forward_keras)(x)
+
+    def reevaluate(version, value):
+        model = registry.keras_model(version.name, version.version)
+        np.testing.assert_allclose(model(x), expected, rtol=1e-6)
+        seen.append(int(version.version))
+        return value
+
+    registry.register(log_run(forward_keras, 0.9, test_set="md5-of-the-new-split"), name)
+    r = registry.promote(name, reevaluate=lambda v: reevaluate(v, 0.95))  # champion is better there
+    assert seen == [1] and r["decision"] == "rejected" and r["champion_reevaluated"]
+    assert r["champion_value"] == 0.95 and "re-evaluated" in r["reason"]
+    assert alias_version(name, "champion") == 1
+    registry.register(log_run(forward_keras, 0.9, test_set="md5-of-the-new-split"), name)
+    r = registry.promote(name, reevaluate=lambda v: reevaluate(v, 0.6))  # champion is worse there
+    assert seen == [1, 1] and r["decision"] == "promoted" and alias_version(name, "champion") == 3
+    assert "0.6" in version_tags(name, 3)["promotion.champion_metrics"]
+    assert registry.alias_version(name, "champion") == 3 and registry.alias_version(name, "challenger") is None
+    assert registry.alias_version("no-such-model", "champion") is None
+    # same split: no re-evaluation
+    registry.register(log_run(forward_keras, 0.91, test_set="md5-of-the-new-split"), name)
+    assert registry.promote(name, reevaluate=lambda v: reevaluate(v, 0.0))["decision"] == "promoted"
+    assert seen == [1, 1]
+
+
 def test_lower_is_better_metric(store, forward_keras):
     name = "deepdram-forward-mae"
     registry.register(log_run(forward_keras, 0.8), name)  # test_mae_E11 = 0.2
