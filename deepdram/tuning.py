@@ -565,6 +565,9 @@ def default_storage(model: str) -> str:
     return f"sqlite:///{(TUNING_DIR / f'{model}_study.db').as_posix()}"
 
 
+STORAGE_ATTEMPTS = 5
+
+
 def _storage(cfg: TuneConfig):
     import optuna
 
@@ -573,8 +576,19 @@ def _storage(cfg: TuneConfig):
         # SQLAlchemy 2.1 defaults to psycopg 3; the pinned driver is psycopg2
         url = "postgresql+psycopg2://" + url.split("://", 1)[1]
     hb = cfg.heartbeat
-    return optuna.storages.RDBStorage(url, heartbeat_interval=int(hb["interval"]), grace_period=int(hb["grace"]),
-                                      engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(STORAGE_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=int(hb["interval"]), grace_period=int(hb["grace"]),
+                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+        except SQLAlchemyError:
+            # Workers that start together race to create the schema in a new database (PostgreSQL:
+            # "duplicate key ... pg_type_typname_nsp_index"); the loser finds it made on a retry.
+            if attempt == STORAGE_ATTEMPTS - 1:
+                raise
+            time.sleep(1.0 + attempt)
 
 
 def _suggest(trial, space: Mapping) -> dict:

@@ -37,7 +37,7 @@ TINY = {
     # tuning stages: 2 trials of 2 epochs on a few hundred rows each (tests/test_tuning.py tests the search)
     "tune_forward": {"trials": 2, "rows": 300, "fit": {"epochs": 2, "batch_size": 64, "learning_rate": 0.003},
                      "data": {"pool_cells": 3000}},
-    "tune_size_agnostic": {"trials": 2, "rows": 150, "fit": {"epochs": 2, "learning_rate": 0.003}},
+    "tune_size_agnostic": {"trials": 2, "rows": 150, "fit": {"epochs": 2, "batch_size": 64, "learning_rate": 0.003}},
     "tune_cvae": {"trials": 2, "rows": 300, "fit": {"epochs": 2, "batch_size": 64, "learning_rate": 0.003}},
     "design": {"n_candidates": 2000, "export_top": 1,
                "sweep_profile": {"n_candidates": 200, "sizes": [[4, 4]], "target_stride": 49}},

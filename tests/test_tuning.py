@@ -278,8 +278,7 @@ def test_sigkill_resumes_study_and_fails_killed_runs(tmp_path, cells):
         ts = st.get_trials(deepcopy=False)
         done = [t for t in ts if t.state.name in ("COMPLETE", "PRUNED")]
         if len(done) >= 2 and any(t.state.name == "RUNNING" for t in ts):
-            time.sleep(1.0)  # inside the running trial's training
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)  # now, while a trial is training
             done_before = [(t.number, t.params) for t in st.get_trials(deepcopy=False)
                            if t.state.name in ("COMPLETE", "PRUNED")]
             break
