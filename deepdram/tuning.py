@@ -42,8 +42,10 @@ MODELS = ("forward", "size_agnostic", "cvae")
 BACKENDS = ("optuna", "keras_tuner")
 TUNING_DIR = C.OUTPUTS_DIR / "tuning"
 EXPERIMENT = "deepdram-tuning"
-DIRECTION = {"forward": "maximize", "size_agnostic": "maximize", "cvae": "maximize"}
+# Default score per model, and the scores a study may choose (`tune_<model>.score`).
 SCORE = {"forward": "r2", "size_agnostic": "r2", "cvae": "gen_r2"}
+SCORES = {"forward": ("r2",), "size_agnostic": ("r2",), "cvae": ("gen_r2", "loss")}
+DIRECTIONS = {"r2": "maximize", "gen_r2": "maximize", "loss": "minimize"}
 # The CVAE is scored by what it is for: best-of-K generation R2 (properties by the forward model)
 # on held-out targets. Its total loss (the paper's grid score) favours a 2-D latent space that
 # collapses to a few designs (measured: best-of-100 R2 0.09, 4 % distinct designs).
@@ -82,6 +84,18 @@ class TuneConfig:
     heartbeat: dict = field(default_factory=lambda: {"interval": 10, "grace": 30})
     data: dict = field(default_factory=dict)
     fixed: dict = field(default_factory=dict)  # config fields every trial uses (e.g. features)
+    score: str = ""  # "" = the model's default (SCORE); the CVAE may use "loss", the paper's score
+
+    def __post_init__(self):
+        self.score = self.score or SCORE[self.model]
+        if self.score not in SCORES[self.model]:
+            raise InputError(f"params.yaml: 'tune_{self.model}.score' must be one of {SCORES[self.model]}; "
+                             f"got {self.score!r}")
+
+    @property
+    def direction(self) -> str:
+        """'maximize' or 'minimize', by the study's score."""
+        return DIRECTIONS[self.score]
 
     @property
     def study_name(self) -> str:
@@ -90,8 +104,8 @@ class TuneConfig:
                "seed": self.seed, "data": self.data, "backend": self.backend}
         if self.fixed:
             key["fixed"] = self.fixed
-        if SCORE[self.model] != "r2":  # a new score is a new study (R2 studies keep their names)
-            key["score"] = SCORE[self.model]
+        if self.score != "r2":  # a new score is a new study (R2 studies keep their names)
+            key["score"] = self.score
         return f"{self.model}-{P.fingerprint(key)[:10]}"
 
 
@@ -139,7 +153,7 @@ def tune_config(params: Mapping, model: str) -> TuneConfig:
                      trials=P.positive_int(sec, "trials", where), seed=P.seed(sec, "seed", where),
                      folds=P.positive_int(sec, "folds", where), rows=P.positive_int(sec, "rows", where),
                      fit=fit, space=space, paper=paper, data=dict(sec.get("data") or {}),
-                     fixed=dict(sec.get("fixed") or {}))
+                     fixed=dict(sec.get("fixed") or {}), score=str(sec.get("score") or ""))
     clash = sorted(set(cfg.fixed) & (set(space) | set(FIT_KEYS)))
     unknown = sorted(set(cfg.fixed) - config_fields(model))
     if clash or unknown:
@@ -373,7 +387,11 @@ def cross_validate(cfg: TuneConfig, values: Mapping, data: Mapping, folds, repor
             if report is not None:
                 report(base + epoch, s)
 
-        if cfg.model == "cvae":
+        if cfg.model == "cvae" and cfg.score == "loss":  # the paper's score: total validation loss
+            cb = _epoch_callback(lambda _m, logs: float(logs.get("val_loss", np.nan)), on_score)
+            _, hist = models.train_cvae(x[tr], y[tr], x[va], y[va], forward_model, model_cfg, callbacks=[cb])
+            score = curve[-1]
+        elif cfg.model == "cvae":
             targets = y[va][: GEN_SCORE_TARGETS]
             cb = _epoch_callback(lambda m, _l, t=targets: generation_score(m.get_layer("reconstruction"),
                                                                             forward_model, t, cfg.seed), on_score)
@@ -536,7 +554,7 @@ class Objective:
         values = _plain(values)
         run_id, overhead = self.logger.start(number, values)
         t0 = time.perf_counter()
-        name = SCORE[self.cfg.model]
+        name = self.cfg.score
         if duplicate_of is not None:
             # the same configuration already completed: same data, folds and seed give the same score
             self.logger.finish(run_id, values, "complete", CVResult([], 0, []), time.perf_counter() - t0, overhead,
@@ -628,7 +646,7 @@ def open_study(cfg: TuneConfig, worker: int = 0):
     pruner = optuna.pruners.MedianPruner(n_startup_trials=int(cfg.pruner.get("startup_trials", 5)),
                                          n_warmup_steps=int(cfg.pruner.get("warmup_epochs", 2)))
     study = optuna.create_study(study_name=cfg.study_name, storage=_storage(cfg), sampler=sampler, pruner=pruner,
-                                direction=DIRECTION[cfg.model], load_if_exists=True)
+                                direction=cfg.direction, load_if_exists=True)
     if cfg.paper and not study.get_trials(deepcopy=False):
         study.enqueue_trial(cfg.paper, skip_if_exists=True)
     return study
@@ -707,7 +725,7 @@ def run_keras_tuner(cfg: TuneConfig, objective: Objective, progress: bool = True
     """Bayesian optimisation with Keras-Tuner (state in outputs/tuning/keras_tuner/<study>; resumable)."""
     import keras_tuner as kt
 
-    direction = "max" if DIRECTION[cfg.model] == "maximize" else "min"
+    direction = "max" if cfg.direction == "maximize" else "min"
     oracle = kt.oracles.BayesianOptimizationOracle(
         objective=kt.Objective("cv_score", direction), max_trials=cfg.trials, seed=cfg.seed,
         hyperparameters=_kt_hyperparameters(cfg.space, cfg.paper), max_consecutive_failed_trials=cfg.trials)
@@ -747,7 +765,7 @@ def kt_as_study(cfg: TuneConfig, tuner):
     import optuna
     from optuna.trial import TrialState
 
-    study = optuna.create_study(direction=DIRECTION[cfg.model], study_name=cfg.study_name)
+    study = optuna.create_study(direction=cfg.direction, study_name=cfg.study_name)
     dists = _distributions(cfg.space)
     for tid in sorted(tuner.oracle.trials, key=int):
         t = tuner.oracle.trials[tid]
@@ -817,8 +835,8 @@ def best_record(cfg: TuneConfig, study) -> dict:
         "data": _plain({k: v for k, v in best.params.items() if k in DATA_KEYS}),
         "search": _plain(dict(best.params)),
         "study": {"name": cfg.study_name, "backend": cfg.backend, "storage": _redact(cfg.storage or "default sqlite"),
-                  "best_trial": best.number, f"cv_{SCORE[cfg.model]}": float(best.value),
-                  "direction": DIRECTION[cfg.model], "trials": len(trials), **count},
+                  "best_trial": best.number, f"cv_{cfg.score}": float(best.value),
+                  "direction": cfg.direction, "trials": len(trials), **count},
     }
 
 
@@ -898,7 +916,7 @@ def tune(cfg: TuneConfig, data: Mapping, n_trials: int | None = None, worker: in
 
     now = int(time.time() * 1000)
     sc = record["study"]
-    metrics = [Metric(f"best_cv_{SCORE[cfg.model]}", sc[f"cv_{SCORE[cfg.model]}"], now, 0),
+    metrics = [Metric(f"best_cv_{cfg.score}", sc[f"cv_{cfg.score}"], now, 0),
                Metric("trials", sc["trials"], now, 0), Metric("complete", sc["complete"], now, 0),
                Metric("pruned", sc["pruned"], now, 0), Metric("failed", sc["fail"], now, 0)]
     if logger.overhead:
@@ -915,7 +933,7 @@ def tune(cfg: TuneConfig, data: Mapping, n_trials: int | None = None, worker: in
     seconds = time.perf_counter() - t0
     return {"study": cfg.study_name, "parent_run_id": parent, "trials_run": ran,
             "trials_total": sc["trials"], "complete": sc["complete"], "pruned": sc["pruned"], "failed": sc["fail"],
-            f"best_cv_{SCORE[cfg.model]}": sc[f"cv_{SCORE[cfg.model]}"], "best_trial": sc["best_trial"],
+            f"best_cv_{cfg.score}": sc[f"cv_{cfg.score}"], "best_trial": sc["best_trial"],
             "epochs_trained": objective.epochs_total,
             "mlflow_overhead_s_per_trial": round(float(np.mean(logger.overhead)), 4) if ran else 0.0,
             "seconds_per_trial": round(seconds / ran, 2) if ran else 0.0}

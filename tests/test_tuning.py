@@ -135,6 +135,12 @@ def test_search_values_map_to_model_configs():
     with pytest.raises(tuning.InputError, match="tune_forward.paper.first_width"):
         tuning.tune_config(bad, "forward")
     assert tuning._redact("postgresql://u:secret@h:5/db") == "postgresql://u:***@h:5/db"
+    # the CVAE study scores generation by default; the paper's total loss is an option
+    assert (cvae.score, cvae.direction) == ("gen_r2", "maximize")
+    paper_score = tuning.tune_config({**params, "tune_cvae": {**params["tune_cvae"], "score": "loss"}}, "cvae")
+    assert paper_score.direction == "minimize" and paper_score.study_name != cvae.study_name
+    with pytest.raises(tuning.InputError, match="tune_forward.score"):
+        tuning.tune_config({**params, "tune_forward": {**params["tune_forward"], "score": "loss"}}, "forward")
     # fixed config fields reach every trial (the size-agnostic study trains with the physics
     # features, as train_size_agnostic does) and change the study's name; they are checked
     sa = tuning.tune_config(params, "size_agnostic")
@@ -316,3 +322,29 @@ def test_sigkill_resumes_study_and_fails_killed_runs(tmp_path, cells):
         assert runs[killed[0]].data.tags[tuning.TAG_STATE] == "failed"
         assert not [r for r in runs.values() if r.info.status == "RUNNING"]
         tracking.reset()
+
+
+def test_cvae_scores_generation_or_the_papers_loss(cells):
+    """The CVAE's CV score: best-of-10 generation R2 by the forward model (default, at most 1, and
+    higher for a better forward model's own predictions) or the paper's total validation loss."""
+    from deepdram.training import cell_xy
+
+    x, y = cell_xy(cells)
+    fwd, _ = models.train_regressor(x[:900], y[:900], cfg=models.RegressorConfig.forward_paper(
+        hidden_layers=2, first_width=32, epochs=3, batch_size=64, learning_rate=3e-3))
+    space = {"latent_dim": [2, 4], "encoder_layers": {"low": 1, "high": 1}, "encoder_first_width": [16],
+             "decoder_layers": {"low": 1, "high": 1}, "decoder_first_width": [16]}
+    paper = {"latent_dim": 2, "encoder_layers": 1, "encoder_first_width": 16, "decoder_layers": 1,
+             "decoder_first_width": 16}
+    base = {"backend": "optuna", "storage": None, "trials": 1, "seed": 0, "folds": 2, "rows": 300,
+            "fit": {"epochs": 2, "batch_size": 64, "learning_rate": 3e-3}, "space": space, "paper": paper}
+    data = {"": (x[:300], y[:300])}
+    folds = {"": tuning.kfold(300, 2, 0)}
+    gen = tuning.tune_config({"tune_cvae": base}, "cvae")
+    res = tuning.cross_validate(gen, paper, data, folds, forward_model=fwd)
+    assert len(res.fold_scores) == 2 and res.epochs == 4 and all(np.isfinite(res.fold_scores))
+    assert all(s <= 1.0 for s in res.fold_scores) and len(res.curve) == 4
+    loss = tuning.tune_config({"tune_cvae": {**base, "score": "loss"}}, "cvae")
+    res_loss = tuning.cross_validate(loss, paper, data, folds, forward_model=fwd)
+    assert all(s > 0 for s in res_loss.fold_scores) and res_loss.epochs == 4  # BCE over 42 bits > 0
+    assert (gen.direction, loss.direction) == ("maximize", "minimize")
