@@ -46,13 +46,12 @@ def _data(rows: int, seed: int):
     import pandas as pd
 
     from deepdram import constants as C
-    from deepdram import tuning
-    from deepdram.training import cell_xy
+    from deepdram.training import cell_xy, subsample
 
     path = C.SPLITS_DIR / "train.parquet"
     if not path.exists():
         sys.exit(f"bench_tuning: {path} is missing; run the data stages first (make repro)")
-    return {"": tuning._take(*cell_xy(pd.read_parquet(path)), rows, seed)}
+    return {"": subsample(*cell_xy(pd.read_parquet(path)), rows, seed)}
 
 
 def run_grid(cfg, data, folds) -> tuple[list[tuple[dict, float]], int]:

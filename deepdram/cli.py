@@ -448,9 +448,7 @@ def cmd_design(args: argparse.Namespace) -> int:
 
         for _, row in result.table.head(args.export_top).iterrows():
             d = row[list(BIT_COLUMNS)].to_numpy(np.uint8)
-            stem = Path(args.export) / f"design_rank{int(row['rank'])}"
-            export.write_svg(stem.with_suffix(".svg"), export.svg(d, req.d1, req.d2, title=stem.name))
-            export.write_stl(stem.with_suffix(".stl"), d, req.d1, req.d2)
+            export.write_print_files(Path(args.export) / f"design_rank{int(row['rank'])}", d, req.d1, req.d2)
     s = result.summary
     flag = " (BEST EFFORT: no candidate met the threshold)" if s["best_effort"] else ""
     best = "-" if s["best_mse_fe"] is None else f"{s['best_mse_fe']:.3g}"

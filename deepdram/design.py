@@ -338,10 +338,7 @@ def generate_designs(generator, target: Sequence[float], n: int, rng: np.random.
     x = np.empty((n, 4 + latent), np.float32)
     x[:, :4] = np.asarray(target, np.float32)
     x[:, 4:] = rng.standard_normal((n, latent), dtype=np.float32)
-    p = models.predict(generator, x, batch_size=n)
-    if rule == "threshold":
-        return (p > 0.5).astype(np.uint8)
-    return (rng.random(p.shape, dtype=np.float32) < p).astype(np.uint8)
+    return models.designs_from_probabilities(models.predict(generator, x, batch_size=n), rule, rng)
 
 
 def distinct_valid(designs: np.ndarray, seen: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int, int]:
@@ -536,6 +533,8 @@ def sweep(m: DesignModels, grid: DesignGrid, progress=None, keep_designs: int = 
     """
     import pandas as pd
 
+    from deepdram.lattice import to_keys
+
     rows, envelope = [], []
     for t_idx, target in enumerate(grid.targets):
         rng = np.random.default_rng([grid.seed, t_idx])
@@ -551,18 +550,12 @@ def sweep(m: DesignModels, grid: DesignGrid, progress=None, keep_designs: int = 
                    "accepted": int((err <= grid.mse_threshold).sum()),
                    "best_mse_pred": float(err[b]) if b >= 0 else np.nan,
                    **{f"pred_{c}": float(pred[b, i]) if b >= 0 else np.nan for i, c in enumerate(PROPERTY_COLUMNS)},
-                   "best_key": int(_keys(d[b:b + 1])[0]) if b >= 0 else -1}
+                   "best_key": int(to_keys(d[b:b + 1])[0]) if b >= 0 else -1}
             rows.append(row)
         if progress is not None:
             progress(1)
     env = np.concatenate(envelope) if envelope else np.zeros((0, N_BEAMS), np.uint8)
     return pd.DataFrame(rows), env
-
-
-def _keys(d: np.ndarray) -> np.ndarray:
-    from deepdram.lattice import to_keys
-
-    return to_keys(d)
 
 
 def subset_grid(grid: DesignGrid, sizes: Sequence[Sequence[int]] | None, n_candidates: int | None,
@@ -713,7 +706,6 @@ def run_stage(params: Mapping, requests_dir: Path, out_dir: Path, progress: bool
     import shutil
     import tempfile
 
-    import pandas as pd
     from tqdm import tqdm
 
     from deepdram import design_report as R
@@ -773,9 +765,8 @@ def run_stage(params: Mapping, requests_dir: Path, out_dir: Path, progress: bool
         for name, r in results.items():
             for _, row in r.table.head(cfg.export_top).iterrows():
                 d = row[list(BIT_COLUMNS)].to_numpy(np.uint8)
-                stem = work / "export" / f"{name}_rank{int(row['rank'])}"
-                export.write_svg(stem.with_suffix(".svg"), export.svg(d, r.request.d1, r.request.d2, title=stem.name))
-                export.write_stl(stem.with_suffix(".stl"), d, r.request.d1, r.request.d2)
+                export.write_print_files(work / "export" / f"{name}_rank{int(row['rank'])}", d,
+                                         r.request.d1, r.request.d2)
         reg = None
         if cfg.register:
             reg = _register_designer(keras_paths, versions, summaries, fingerprint, cfg.tolerance)

@@ -136,6 +136,13 @@ def write_svg(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def write_print_files(stem: str | Path, design: np.ndarray, d1: int, d2: int) -> tuple[Path, Path]:
+    """`stem`.svg (drawing to scale) and `stem`.stl (extruded mesh) of one design's d1 x d2 tiling."""
+    stem = Path(stem)
+    return (write_svg(stem.with_suffix(".svg"), svg(design, d1, d2, title=stem.name)),
+            write_stl(stem.with_suffix(".stl"), design, d1, d2))
+
+
 def write_stl(path: str | Path, design: np.ndarray, d1: int, d2: int, depth: float = DEPTH) -> Path:
     """Write the extruded lattice as a binary STL atomically."""
     from deepdram.io import atomic_target

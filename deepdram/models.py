@@ -216,9 +216,10 @@ class Homogenization(keras.layers.Layer):
     def build(self, input_shape):
         from deepdram import homogenize as H
 
-        self._tables = H.beam_tables()
-        self._opposite = H.OPPOSITE.astype("int32")
-        self._perimeter = H.ON_PERIMETER
+        # Constants, converted once here rather than on every call.
+        self._tables = ops.convert_to_tensor(H.beam_tables(), "float32")
+        self._opposite = ops.convert_to_tensor(H.OPPOSITE.astype("int32"))
+        self._perimeter = ops.convert_to_tensor(H.ON_PERIMETER)
         self._norm = H.NORM
 
     def call(self, inputs):
@@ -226,10 +227,10 @@ class Homogenization(keras.layers.Layer):
 
         x = ops.cast(inputs, "float32")
         union = ops.maximum(x, ops.take(x, self._opposite, axis=1))
-        w = ops.where(ops.convert_to_tensor(self._perimeter), 0.5 * union, x)
+        w = ops.where(self._perimeter, 0.5 * union, x)
         # Assembly in float32 (weights are 0, 0.5, 1: exact; float64 products are ~40x slower on
         # CPU); the solve and the Schur complement, where terms cancel, in float64.
-        k = ops.matmul(w, ops.convert_to_tensor(self._tables, "float32"))
+        k = ops.matmul(w, self._tables)
         k = ops.reshape(ops.cast(k, "float64"), (-1, H.N_DOF, H.N_DOF))
         lo, hi = int(H.KEPT[0]), H.N_FREE
         kwe = k[:, lo:hi, hi:]

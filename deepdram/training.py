@@ -61,7 +61,8 @@ def augment_symmetries(x: np.ndarray, y: np.ndarray, which: str = "mirrors") -> 
     return np.concatenate([x[:, cin] for cin, _ in images]), np.concatenate([y[:, cout] for _, cout in images])
 
 
-def _subsample(x, y, limit: int | None, seed: int):
+def subsample(x, y, limit: int | None, seed: int):
+    """At most `limit` rows of (x, y), a seeded random subset in the original order (None: all)."""
     if limit is None or len(x) <= limit:
         return x, y
     idx = np.sort(np.random.default_rng(seed).permutation(len(x))[:limit])
@@ -204,7 +205,7 @@ def _train_regressor_job(kind: str, sec: dict, cfg, train: tuple, val: tuple, te
     if augment not in AUGMENTATIONS:
         raise P.InputError(f"params.yaml: 'train_{kind}.augment' must be one of {AUGMENTATIONS}; got {augment!r}")
     limit = sec.get("max_train_rows")
-    x_tr, y_tr = _subsample(*train, limit, cfg.seed)
+    x_tr, y_tr = subsample(*train, limit, cfg.seed)
     x_va, y_va = val
     x_tr, y_tr = augment_symmetries(x_tr, y_tr, augment)
     with _start_run(kind, f"train_{kind}") as run:
@@ -248,7 +249,7 @@ def train_cvae(params: dict) -> dict:
     sec, overrides = _model_overrides(params, "train_cvae")
     cfg = models.CVAEConfig.paper(**overrides)
     limit = sec.get("max_train_rows")
-    x_tr, y_tr = _subsample(*cell_xy(_split("train")), limit, cfg.seed)
+    x_tr, y_tr = subsample(*cell_xy(_split("train")), limit, cfg.seed)
     x_va, y_va = cell_xy(_split("val"))
     with _start_run("cvae", "train_cvae") as run:
         _log_common("cvae", cfg.to_dict(), {"max_train_rows": limit, "train_rows": len(x_tr),

@@ -236,13 +236,6 @@ def kfold(n: int, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(np.sort(np.concatenate(parts[:i] + parts[i + 1 :])), np.sort(parts[i])) for i in range(k)]
 
 
-def _take(x: np.ndarray, y: np.ndarray, rows: int, seed: int):
-    if len(x) <= rows:
-        return x, y
-    idx = np.sort(np.random.default_rng(seed).permutation(len(x))[:rows])
-    return x[idx], y[idx]
-
-
 def _read_pool(path: Path, n_rows: int, seed: int):
     """`n_rows` random cells from evenly spaced shards of a (possibly sharded) Parquet table."""
     import pandas as pd
@@ -280,20 +273,20 @@ def load_data(cfg: TuneConfig, params: Mapping) -> dict[str, tuple[np.ndarray, n
     """{variant: (x, y)} cross-validation rows (variant: resampling method, or "" when not searched)."""
     import pandas as pd
 
-    from deepdram.training import cell_xy, split_rows, tiling_xy
+    from deepdram.training import cell_xy, split_rows, subsample, tiling_xy
 
     if cfg.model == "size_agnostic":
         tilings = pd.read_parquet(C.TILINGS_PATH)
-        return {"": _take(*tiling_xy(split_rows(tilings, "train")), cfg.rows, cfg.seed)}
+        return {"": subsample(*tiling_xy(split_rows(tilings, "train")), cfg.rows, cfg.seed)}
     methods = cfg.space.get("resampling")
     if cfg.model == "forward" and methods:
         pool = _read_pool(C.CELLS_PATH, int(cfg.data.get("pool_cells", 100_000)), cfg.seed)
         sets = resampled_sets(pool, methods, P.section(params, "resample"), cfg.seed)
-        return {m: _take(*cell_xy(df), cfg.rows, cfg.seed) for m, df in sets.items()}
+        return {m: subsample(*cell_xy(df), cfg.rows, cfg.seed) for m, df in sets.items()}
     path = C.SPLITS_DIR / "train.parquet"
     if not path.exists():
         raise DeepdramError(f"{path} is missing: run the resample stage first")
-    return {"": _take(*cell_xy(pd.read_parquet(path)), cfg.rows, cfg.seed)}
+    return {"": subsample(*cell_xy(pd.read_parquet(path)), cfg.rows, cfg.seed)}
 
 
 # --- cross-validation objective --------------------------------------------------------------------
@@ -600,7 +593,8 @@ def _storage(cfg: TuneConfig):
         try:
             return optuna.storages.RDBStorage(
                 url, heartbeat_interval=int(hb["interval"]), grace_period=int(hb["grace"]),
-                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+                # sqlite: wait for a lock (another process reading the study) instead of failing the commit
+                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True})
         except SQLAlchemyError:
             # Workers that start together race to create the schema in a new database (PostgreSQL:
             # "duplicate key ... pg_type_typname_nsp_index"); the loser finds it made on a retry.
@@ -738,26 +732,13 @@ def run_keras_tuner(cfg: TuneConfig, objective: Objective, progress: bool = True
     tuner = CVTuner(oracle=oracle, directory=str(kt_directory(cfg)), project_name=cfg.study_name,
                     overwrite=False)
     tuner.search_space_summary = lambda *a, **k: None  # noqa: E731 - keep the stage log short
-    with _quiet_stdout(not progress):
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()) if not progress else contextlib.nullcontext():
         tuner.search(verbose=0)
     return tuner
 
-
-class _quiet_stdout:
-    def __init__(self, on: bool):
-        self.on = on
-
-    def __enter__(self):
-        if self.on:
-            import contextlib
-            import io
-
-            self._cm = contextlib.redirect_stdout(io.StringIO())
-            self._cm.__enter__()
-
-    def __exit__(self, *exc):
-        if self.on:
-            self._cm.__exit__(*exc)
 
 
 def kt_as_study(cfg: TuneConfig, tuner):

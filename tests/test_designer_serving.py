@@ -7,7 +7,6 @@ match the in-process procedure, and refuses bad requests with 400 naming the pro
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from deepdram.constants import BIT_COLUMNS  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_design import tiny_models  # noqa: E402
-from test_serving import Server, get, post  # noqa: E402
+from test_serving import Server, get, post, server_env  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -48,10 +47,7 @@ def served(tmp_path_factory):
             designer.log_designer(files)
         assert registry.register(run.info.run_id, designer.NAME, artifact="designer") == 1
         assert registry.promote(designer.NAME, metric="design_success_rate")["decision"] == "promoted"
-        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
-        env.pop("MLFLOW_REGISTRY_URI", None)
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        server = Server(f"models:/{designer.NAME}@champion", root / "server.log", env)
+        server = Server(f"models:/{designer.NAME}@champion", root / "server.log", server_env(uri))
         try:
             server.wait(120)
             yield {"server": server, "models": D.load_keras_models(files)}

@@ -154,6 +154,15 @@ def predictions(body: dict) -> np.ndarray:
     return np.array([[r[c] for c in PROPERTY_COLUMNS] for r in rows])
 
 
+def server_env(uri: str) -> dict:
+    """Environment of a `mlflow models serve` process on the store `uri`."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("MLFLOW_REGISTRY_URI", None)
+    # `mlflow models serve` runs `bash -c "exec uvicorn ..."`: uvicorn must be on PATH.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """Log, register, promote and serve a forward and a size-agnostic model; yield the handles."""
@@ -179,10 +188,7 @@ def served(tmp_path_factory):
             registry.register(run.info.run_id, name)
             timings[f"register {kind}"] = time.perf_counter() - t
             assert registry.promote(name)["decision"] == "promoted"
-        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
-        env.pop("MLFLOW_REGISTRY_URI", None)
-        # `mlflow models serve` runs `bash -c "exec uvicorn ..."`: uvicorn must be on PATH.
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env = server_env(uri)
         try:
             for kind in ("forward", "size_agnostic"):
                 servers[kind] = Server(f"models:/deepdram-{kind}-serve@champion", root / f"{kind}.log", env)

@@ -160,9 +160,9 @@ def test_search_values_map_to_model_configs():
 
 def _data(cfg, cells):
     sets = tuning.resampled_sets(cells, cfg.space["resampling"], tiny_params()["resample"], cfg.seed)
-    from deepdram.training import cell_xy
+    from deepdram.training import cell_xy, subsample
 
-    return {m: tuning._take(*cell_xy(df), cfg.rows, cfg.seed) for m, df in sets.items()}
+    return {m: subsample(*cell_xy(df), cfg.rows, cfg.seed) for m, df in sets.items()}
 
 
 def test_study_logs_every_trial_as_nested_run(store, cells):
