@@ -1,112 +1,470 @@
-"""Reading params.yaml and checking each stage's keys before any work starts."""
+"""The typed, strict schema of params.yaml: every section, every key, its type and its range.
+
+`load()` reads and checks the whole file before any stage does work: an unknown or misspelt key
+anywhere fails naming the key and its section; a wrong type names the key, the value and what
+was expected. Stages then read their own section as typed attributes (`params.cells.per_zg`).
+`check_overrides()` checks an overrides file (params-paper.yaml) against the same schema.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from deepdram.constants import REPO_ROOT, TILING_SIZES, ZG_VALUES
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
 from deepdram.errors import InputError
+from deepdram.spaces.lattice.constants import TILING_SIZES, ZG_VALUES
 
-PARAMS_PATH = REPO_ROOT / "params.yaml"
+LEAF_KEYS = ("space", "paper", "fixed")  # mappings an override replaces whole
 
 
-def load_params(path: Path | str = PARAMS_PATH) -> dict:
-    """The whole params.yaml as a dict (InputError if missing or not a mapping)."""
+class Section(BaseModel):
+    """A params section: unknown keys and loose types are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Count = Annotated[int, Field(ge=0)]
+Seed = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+NonNegative = Annotated[float, Field(ge=0.0)]
+
+
+# --- execution ----------------------------------------------------------------------------------
+
+
+class Dask(Section):
+    """Execution only, never an input of a stage's result (not a DVC dependency)."""
+
+    scheduler: str | None = None
+    n_workers: PositiveInt | None = None
+    threads_per_worker: PositiveInt = 1
+
+
+# --- data stages ------------------------------------------------------------------------------------
+
+
+class Cells(Section):
+    per_zg: PositiveInt
+    zg: list[float]
+    shard_size: PositiveInt
+    seed: Seed
+
+    @field_validator("zg")
+    @classmethod
+    def _zg(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("must be a non-empty list of Z_g values")
+        for z in v:
+            if not any(abs(z - a) < 1e-9 for a in ZG_VALUES):
+                raise ValueError(f"has unknown Z_g {z!r}; supported: {list(ZG_VALUES)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"repeats a Z_g value: {v}")
+        return [float(z) for z in v]
+
+
+class Undersampling(Section):
+    e_decimals: Count
+    nu_decimals: Count
+    max_per_group: PositiveInt
+
+
+class Oversampling(Section):
+    base_size: PositiveInt
+    rare_quantile: Fraction
+    factor: PositiveInt
+    k_neighbors: PositiveInt
+    noise_swaps: PositiveInt
+
+
+class NoResampling(Section):
+    size: PositiveInt
+
+
+class SplitFractions(Section):
+    train: Fraction
+    val: Fraction
+    test: Fraction
+
+    @model_validator(mode="after")
+    def _sum(self):
+        if abs(self.train + self.val + self.test - 1) > 1e-9:
+            raise ValueError(f"fractions must sum to 1; got {self.model_dump()}")
+        return self
+
+
+class Resample(Section):
+    method: Literal["under", "over", "none"]
+    seed: Seed
+    under: Undersampling
+    over: Oversampling
+    none: NoResampling
+    split: SplitFractions
+
+
+class Tilings(Section):
+    cells: PositiveInt
+    sizes_per_cell: PositiveInt
+    sizes: list[int]
+    shard_size: PositiveInt
+    seed: Seed
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("must be a non-empty list of sizes")
+        for d in v:
+            if d not in TILING_SIZES:
+                raise ValueError(f"has size {d!r}; sizes must be even integers in [2, 20]")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _enough_sizes(self):
+        if self.sizes_per_cell > len(self.sizes) ** 2:
+            raise ValueError(f"sizes_per_cell = {self.sizes_per_cell} exceeds the {len(self.sizes) ** 2} "
+                             "(d1, d2) sizes")
+        return self
+
+
+class DataReport(Section):
+    seed: Seed
+
+
+# --- tuning -----------------------------------------------------------------------------------------
+
+
+class RangeSpec(Section):
+    low: int | float
+    high: int | float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.low > self.high:
+            raise ValueError(f"needs low <= high; got low {self.low}, high {self.high}")
+        return self
+
+
+class Fit(Section):
+    epochs: PositiveInt | None = None
+    batch_size: PositiveInt | None = None
+    learning_rate: Annotated[float, Field(gt=0)] | None = None
+
+
+class Pruner(Section):
+    startup_trials: Count = 5
+    warmup_epochs: Count = 2
+
+
+class Heartbeat(Section):
+    interval: PositiveInt = 10
+    grace: PositiveInt = 30
+
+
+class TuneData(Section):
+    pool_cells: PositiveInt = 100_000
+
+
+class Tune(Section):
+    """One hyperparameter study (`tune_<model>`); the model-specific checks are in `_model_checks`."""
+
+    backend: Literal["optuna", "keras_tuner"] = "optuna"
+    storage: str | None = None
+    trials: PositiveInt = 20
+    seed: Seed = 0
+    folds: Annotated[int, Field(ge=2)] = 3
+    rows: PositiveInt = 6000
+    fit: Fit = Fit()
+    pruner: Pruner = Pruner()
+    heartbeat: Heartbeat = Heartbeat()
+    data: TuneData = TuneData()
+    space: dict[str, list[Any] | RangeSpec]
+    paper: dict[str, Any] = {}
+    fixed: dict[str, Any] = {}
+    score: str = ""
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, v):
+        if not v:
+            raise ValueError("must be a non-empty mapping of search parameters")
+        for k, spec in v.items():
+            if isinstance(spec, list) and not spec:
+                raise ValueError(f"'{k}' is an empty list of choices")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        for k, val in self.paper.items():
+            spec = self.space.get(k)
+            ok = spec is not None and (val in spec if isinstance(spec, list) else spec.low <= val <= spec.high)
+            if not ok:
+                raise ValueError(f"paper.{k} = {val!r} is not in the search space")
+        if self.backend == "keras_tuner" and self.storage and not self.storage.startswith("sqlite"):
+            raise ValueError(f"storage {self.storage!r}: shared storage needs backend optuna "
+                             "(Keras-Tuner keeps its state in a folder)")
+        return self
+
+
+class TuneForward(Tune):
+    pass
+
+
+class TuneSizeAgnostic(Tune):
+    pass
+
+
+class TuneCVAE(Tune):
+    pass
+
+
+# --- training, evaluation, promotion -------------------------------------------------------------
+
+
+class TrainRegressor(Section):
+    source: Literal["paper", "tuned"] = "paper"
+    augment: Literal["none", "mirrors", "all"] = "none"
+    max_train_rows: PositiveInt | None = None
+    model: dict[str, Any] = {}
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v):
+        from deepdram.learn.configs import RegressorConfig
+
+        _check_config(RegressorConfig, v)
+        return v
+
+
+class TrainCVAE(Section):
+    source: Literal["paper", "tuned"] = "paper"
+    max_train_rows: PositiveInt | None = None
+    model: dict[str, Any] = {}
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v):
+        from deepdram.learn.configs import CVAEConfig
+
+        _check_config(CVAEConfig, v)
+        return v
+
+
+def _check_config(cls, overrides: Mapping) -> None:
+    """Unknown config keys and bad values of a model override mapping, naming the key."""
+    from dataclasses import fields
+
+    names = sorted(f.name for f in fields(cls))
+    for key in overrides:
+        if key not in names:
+            raise PydanticCustomError("config_field", "{detail}", {
+                "field": key, "detail": f"is not a {cls.__name__} setting; allowed: {', '.join(names)}"})
+    try:
+        cls.from_dict(dict(overrides))
+    except InputError as exc:
+        text = str(exc)
+        field = next((n for n in names if text.startswith(n + " ")), None)
+        if field is None:
+            raise ValueError(text) from None
+        raise PydanticCustomError("config_field", "{detail}", {"field": field, "detail": text[len(field) + 1:]}) from None
+
+
+class Evaluate(Section):
+    seed: Seed
+    generator_k: PositiveInt
+    generator_targets: PositiveInt
+    tsne_points: PositiveInt
+
+
+class Promote(Section):
+    tolerance: NonNegative
+    force: bool = False
+
+
+# --- design -------------------------------------------------------------------------------------------
+
+
+class SweepProfile(Section):
+    n_candidates: PositiveInt | None = None
+    sizes: list[list[int]] | None = None
+    target_stride: PositiveInt = 1
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, v):
+        if v is None:
+            return v
+        for i, s in enumerate(v):
+            ok = len(s) == 2 and (tuple(s) == (1, 1) or all(d in TILING_SIZES for d in s))
+            if not ok:
+                raise ValueError(f"sizes[{i}] = {s}: need [d1, d2], both even in [2, 20] (or [1, 1])")
+        return v
+
+
+class Design(Section):
+    requests: list[str]
+    n_candidates: PositiveInt | None = None
+    sweep: str | None = None
+    sweep_profile: SweepProfile = SweepProfile()
+    export_top: Count = 2
+    register_designer: bool = Field(True, alias="register")
+    tolerance: NonNegative = 0.0
+
+    @field_validator("requests")
+    @classmethod
+    def _requests(cls, v):
+        if not all(v):
+            raise ValueError("must be a list of request names (files in data/requests/, without .yaml)")
+        return v
+
+
+class Params(Section):
+    """The whole params.yaml."""
+
+    dask: Dask = Dask()
+    cells: Cells
+    resample: Resample
+    tilings: Tilings
+    data_report: DataReport
+    tune_forward: TuneForward
+    tune_size_agnostic: TuneSizeAgnostic
+    tune_cvae: TuneCVAE
+    train_forward: TrainRegressor
+    train_size_agnostic: TrainRegressor
+    train_cvae: TrainCVAE
+    evaluate: Evaluate
+    promote: Promote
+    design: Design
+
+
+SECTIONS = tuple(Params.model_fields)
+EXECUTION_SECTIONS = ("dask",)  # read by stages but never an input of their results
+
+
+# --- errors that name the key -------------------------------------------------------------------------
+
+
+_EXPECTED = {
+    "int_type": "must be an integer", "int_parsing": "must be an integer", "float_type": "must be a number",
+    "float_parsing": "must be a number", "bool_type": "must be true or false", "string_type": "must be a string",
+    "list_type": "must be a list", "dict_type": "must be a mapping", "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping", "none_required": "must be null",
+}
+
+
+def _where(loc: tuple) -> str:
+    parts = []
+    for p in loc:
+        if isinstance(p, int):
+            parts[-1] = f"{parts[-1]}[{p}]" if parts else f"[{p}]"
+        elif p in ("list[any,RangeSpec]", "RangeSpec", "list[any]", "int", "float", "str", "none",
+                   "constrained-int", "constrained-float") or p.startswith(("list[", "function-")):
+            continue  # pydantic's union-member labels
+        else:
+            parts.append(str(p))
+    return ".".join(parts)
+
+
+def _message(err: dict, source: str) -> str:
+    """One line naming the key (section.key), the value and what was expected."""
+    key = _where(err["loc"])
+    section = key.split(".")[0] if key else ""
+    value = err.get("input")
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        where = f"section '{'.'.join(key.split('.')[:-1])}'" if "." in key else "the file (no such section)"
+        return f"{source}: unknown key '{key}' in {where}"
+    if kind == "missing":
+        return f"{source}: missing key '{key}'" + (f" in section '{section}'" if "." in key else " (a section)")
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
+        bound = next(iter(ctx.values()))
+        what = "an integer" if isinstance(value, int) and not isinstance(bound, float) else "a number"
+        return f"{source}: '{key}' must be {what} {op} {bound}; got {value!r}"
+    if kind == "literal_error":
+        return f"{source}: '{key}' must be one of {ctx.get('expected', '')}; got {value!r}"
+    if kind == "config_field":
+        return f"{source}: '{key}.{ctx['field']}' {ctx['detail']}"
+    if kind == "value_error":
+        return f"{source}: '{key}' {str(ctx.get('error', err['msg']))}" + (
+            "" if isinstance(value, (dict, list)) else f"; got {value!r}")
+    expected = _EXPECTED.get(kind, err["msg"].lower().replace("input should be", "must be"))
+    return f"{source}: '{key}' {expected}; got {value!r}"
+
+
+def _first_error(exc: ValidationError, source: str) -> str:
+    errors = exc.errors(include_url=False)
+    # A union reports one error per member: name the most specific (the deepest location).
+    rank = {"value_error": 3, "config_field": 3, "extra_forbidden": 2, "missing": 2}
+    best = max(errors, key=lambda e: (rank.get(e["type"], 1 if e["type"] != "model_type" else 0), len(e["loc"])))
+    more = len({_where(e["loc"]) for e in errors}) - 1
+    return _message(best, source) + (f" (and {more} more problem{'s' * (more > 1)})" if more > 0 else "")
+
+
+# --- loading --------------------------------------------------------------------------------------------
+
+
+def read_yaml(path: Path | str) -> dict:
+    """A YAML mapping from a file (InputError if missing, unreadable or not a mapping)."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: parameter file not found")
-    with path.open() as f:
-        params = yaml.safe_load(f)
-    if not isinstance(params, dict):
-        raise InputError(f"{path}: expected a mapping of stage names to parameters")
-    return params
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping of section names to parameters")
+    return data
 
 
-def section(params: Mapping, name: str) -> dict:
-    """One stage's parameters, e.g. section(p, 'cells') (InputError naming the missing key)."""
-    value = params.get(name)
-    if not isinstance(value, dict):
-        raise InputError(f"params.yaml: missing or malformed section '{name}'")
-    return value
+def parse(data: Mapping, source: str = "params.yaml") -> Params:
+    """The typed params of a mapping (InputError naming the first bad key)."""
+    try:
+        return Params.model_validate(dict(data))
+    except ValidationError as exc:
+        raise InputError(_first_error(exc, source)) from None
 
 
-def get(sec: Mapping, key: str, where: str) -> Any:
-    """sec[key], or InputError naming `where.key`."""
-    if key not in sec:
-        raise InputError(f"params.yaml: missing key '{where}.{key}'")
-    return sec[key]
+def load(path: Path | str | None = None) -> Params:
+    """The checked params.yaml (default: the project's)."""
+    if path is None:
+        from deepdram.paths import PARAMS_PATH
+
+        path = PARAMS_PATH
+    return parse(read_yaml(path), Path(path).name)
 
 
-def positive_int(sec: Mapping, key: str, where: str, *, allow_zero: bool = False) -> int:
-    """An integer >= 1 (or >= 0) at sec[key]."""
-    v = get(sec, key, where)
-    lo = 0 if allow_zero else 1
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise InputError(f"params.yaml: '{where}.{key}' must be an integer >= {lo}; got {v!r}")
-    return v
-
-
-def seed(sec: Mapping, key: str, where: str) -> int:
-    """A non-negative integer seed."""
-    return positive_int(sec, key, where, allow_zero=True)
-
-
-def fraction(sec: Mapping, key: str, where: str) -> float:
-    """A number in [0, 1]."""
-    v = get(sec, key, where)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-        raise InputError(f"params.yaml: '{where}.{key}' must be a number in [0, 1]; got {v!r}")
-    return float(v)
-
-
-def choice(sec: Mapping, key: str, where: str, options: Iterable[str]) -> str:
-    """One of `options`."""
-    v = get(sec, key, where)
-    options = list(options)
-    if v not in options:
-        raise InputError(f"params.yaml: '{where}.{key}' must be one of {options}; got {v!r}")
-    return v
-
-
-def zg_list(sec: Mapping, key: str, where: str) -> list[float]:
-    """A non-empty list of supported Z_g values, without repeats."""
-    v = get(sec, key, where)
-    if not isinstance(v, list) or not v:
-        raise InputError(f"params.yaml: '{where}.{key}' must be a non-empty list of Z_g values")
-    out = []
-    for z in v:
-        if isinstance(z, bool) or not isinstance(z, (int, float)) or not any(abs(z - a) < 1e-9 for a in ZG_VALUES):
-            raise InputError(
-                f"params.yaml: '{where}.{key}' has unknown Z_g {z!r}; supported: {list(ZG_VALUES)}"
-            )
-        out.append(float(z))
-    if len(set(out)) != len(out):
-        raise InputError(f"params.yaml: '{where}.{key}' repeats a Z_g value: {v}")
+def merge(base: Mapping, overrides: Mapping) -> dict:
+    """`base` with `overrides` applied key by key (nested mappings merged, other values replaced)."""
+    out = dict(base)
+    for k, v in overrides.items():
+        nested = isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and k not in LEAF_KEYS
+        out[k] = merge(out[k], v) if nested else v
     return out
 
 
-def size_list(sec: Mapping, key: str, where: str) -> list[int]:
-    """A non-empty list of tiling sizes, each even in [2, 20]."""
-    v = get(sec, key, where)
-    if not isinstance(v, list) or not v:
-        raise InputError(f"params.yaml: '{where}.{key}' must be a non-empty list of sizes")
-    for d in v:
-        if isinstance(d, bool) or not isinstance(d, int) or d not in TILING_SIZES:
-            raise InputError(
-                f"params.yaml: '{where}.{key}' has size {d!r}; sizes must be even integers in [2, 20]"
-            )
-    return sorted(set(v))
+def flat_overrides(overrides: Mapping, prefix: str = "") -> dict[str, Any]:
+    """{'a.b': value} leaves of an overrides mapping (lists and replaced mappings stay whole)."""
+    out: dict[str, Any] = {}
+    for k, v in overrides.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v and k not in LEAF_KEYS:
+            out.update(flat_overrides(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
-def fingerprint(*parts: Any, files: Iterable[Path] = ()) -> str:
-    """Short hash of JSON-able parts and file contents: names resumable work of one configuration."""
-    h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
-    for f in files:
-        h.update(Path(f).read_bytes())
-    return h.hexdigest()[:16]
+def check_overrides(base: Path | str, overrides: Path | str) -> Params:
+    """The typed params of `base` with the overrides file applied (InputError naming a bad key)."""
+    data = read_yaml(overrides)
+    return parse(merge(read_yaml(base), data), f"{Path(overrides).name} (applied to {Path(base).name})")

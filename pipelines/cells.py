@@ -1,6 +1,6 @@
-"""DVC stage `cells`: see deepdram.stages.cells."""
+"""DVC stage `cells`: see deepdram.jobs.cells."""
 
-from deepdram.stages import main
+from deepdram.jobs.cells import main
 
 if __name__ == "__main__":
-    raise SystemExit(main("cells"))
+    raise SystemExit(main())

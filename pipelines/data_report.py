@@ -1,6 +1,6 @@
-"""DVC stage `data_report`: see deepdram.stages.data_report."""
+"""DVC stage `data_report`: see deepdram.jobs.data_report."""
 
-from deepdram.stages import main
+from deepdram.jobs.data_report import main
 
 if __name__ == "__main__":
-    raise SystemExit(main("data_report"))
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
-"""DVC stage `design`: see deepdram.stages.design."""
+"""DVC stage `design`: see deepdram.jobs.design."""
 
-from deepdram.stages import main
+from deepdram.jobs.design import main
 
 if __name__ == "__main__":
-    raise SystemExit(main("design"))
+    raise SystemExit(main())

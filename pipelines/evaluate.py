@@ -1,6 +1,6 @@
-"""DVC stage `evaluate`: see deepdram.stages.evaluate."""
+"""DVC stage `evaluate`: see deepdram.jobs.evaluate."""
 
-from deepdram.stages import main
+from deepdram.jobs.evaluate import main
 
 if __name__ == "__main__":
-    raise SystemExit(main("evaluate"))
+    raise SystemExit(main())

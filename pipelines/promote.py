@@ -1,6 +1,6 @@
-"""DVC stage `promote`: see deepdram.stages.promote."""
+"""DVC stage `promote`: see deepdram.jobs.promote."""
 
-from deepdram.stages import main
+from deepdram.jobs.promote import main
 
 if __name__ == "__main__":
-    raise SystemExit(main("promote"))
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
-"""DVC stage `resample`: see deepdram.stages.resample."""
+"""DVC stage `resample`: see deepdram.jobs.resample."""
 
-from deepdram.stages import main
+from deepdram.jobs.resample import main
 
 if __name__ == "__main__":
-    raise SystemExit(main("resample"))
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
-"""DVC stage `tilings`: see deepdram.stages.tilings."""
+"""DVC stage `tilings`: see deepdram.jobs.tilings."""
 
-from deepdram.stages import main
+from deepdram.jobs.tilings import main
 
 if __name__ == "__main__":
-    raise SystemExit(main("tilings"))
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
-"""DVC stage `train_cvae`: see deepdram.stages.train_cvae."""
+"""DVC stage `train_cvae`: see deepdram.jobs.train_cvae."""
 
-from deepdram.stages import main
+from deepdram.jobs.train_cvae import main
 
 if __name__ == "__main__":
-    raise SystemExit(main("train_cvae"))
+    raise SystemExit(main())

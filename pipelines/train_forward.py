@@ -1,6 +1,6 @@
-"""DVC stage `train_forward`: see deepdram.stages.train_forward."""
+"""DVC stage `train_forward`: see deepdram.jobs.train_forward."""
 
-from deepdram.stages import main
+from deepdram.jobs.train_forward import main
 
 if __name__ == "__main__":
-    raise SystemExit(main("train_forward"))
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
-"""DVC stage `train_size_agnostic`: see deepdram.stages.train_size_agnostic."""
+"""DVC stage `train_size_agnostic`: see deepdram.jobs.train_size_agnostic."""
 
-from deepdram.stages import main
+from deepdram.jobs.train_size_agnostic import main
 
 if __name__ == "__main__":
-    raise SystemExit(main("train_size_agnostic"))
+    raise SystemExit(main())

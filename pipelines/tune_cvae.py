@@ -1,6 +1,6 @@
-"""DVC stage `tune_cvae`: see deepdram.stages.tune_cvae."""
+"""DVC stage `tune_cvae`: see deepdram.jobs.tune_cvae."""
 
-from deepdram.stages import main
+from deepdram.jobs.tune_cvae import main
 
 if __name__ == "__main__":
-    raise SystemExit(main("tune_cvae"))
+    raise SystemExit(main())

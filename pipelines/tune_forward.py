@@ -1,6 +1,6 @@
-"""DVC stage `tune_forward`: see deepdram.stages.tune_forward."""
+"""DVC stage `tune_forward`: see deepdram.jobs.tune_forward."""
 
-from deepdram.stages import main
+from deepdram.jobs.tune_forward import main
 
 if __name__ == "__main__":
-    raise SystemExit(main("tune_forward"))
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
-"""DVC stage `tune_size_agnostic`: see deepdram.stages.tune_size_agnostic."""
+"""DVC stage `tune_size_agnostic`: see deepdram.jobs.tune_size_agnostic."""
 
-from deepdram.stages import main
+from deepdram.jobs.tune_size_agnostic import main
 
 if __name__ == "__main__":
-    raise SystemExit(main("tune_size_agnostic"))
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
-"""DVC stage `validate_cells`: see deepdram.stages.validate_cells."""
+"""DVC stage `validate_cells`: see deepdram.jobs.validate_cells."""
 
-from deepdram.stages import main
+from deepdram.jobs.validate_cells import main
 
 if __name__ == "__main__":
-    raise SystemExit(main("validate_cells"))
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
-"""DVC stage `validate_tilings`: see deepdram.stages.validate_tilings."""
+"""DVC stage `validate_tilings`: see deepdram.jobs.validate_tilings."""
 
-from deepdram.stages import main
+from deepdram.jobs.validate_tilings import main
 
 if __name__ == "__main__":
-    raise SystemExit(main("validate_tilings"))
+    raise SystemExit(main())

@@ -1,0 +1,166 @@
+"""Stage `design`: every shipped request and the sweep subset with the champion models, figures,
+print files; registers `deepdram-designer` and promotes it on its success rate.
+
+Writes into a temporary folder next to outputs/designs and swaps it in at the end (nothing
+half-written)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from deepdram.jobs.runner import run
+
+SECTIONS = ("design",)
+
+
+def flat_summary(summaries: dict) -> dict:
+    """Per-request counts as flat metrics."""
+    out = {}
+    for name, s in summaries.items():
+        for k in ("candidates", "valid", "distinct", "accepted", "verified", "fe_within_threshold",
+                  "best_mse_fe", "peak_spread_pct"):
+            if isinstance(s.get(k), (int, float)) and not isinstance(s.get(k), bool):
+                out[f"{name}.{k}"] = s[k]
+    return out
+
+
+def train_properties(space, path: Path, n: int = 20000, seed: int = 0) -> np.ndarray:
+    """A sample of the training split's unit-cell properties (empty if the split is missing)."""
+    if not path.exists():
+        return np.zeros((0, space.n_properties))
+    import pandas as pd
+
+    df = pd.read_parquet(path, columns=list(space.properties))
+    idx = np.random.default_rng(seed).permutation(len(df))[:n]
+    return df.to_numpy()[np.sort(idx)]
+
+
+def register_designer(keras_paths: dict, versions: dict, summaries: dict, fingerprint: str, tolerance: float) -> dict:
+    """Log the designer pyfunc in a run, register it as challenger and promote it (gated)."""
+    import mlflow
+
+    from deepdram.mlops import designer, registry, tracking
+    from deepdram.mlops.catalogue import DESIGN_ROLES, DESIGNER
+
+    tracking.experiment(DESIGNER.experiment)
+    n = len(summaries)
+    success = sum(1 for s in summaries.values() if s["fe_within_threshold"] > 0) / max(1, n)
+    best = [s["best_mse_fe"] for s in summaries.values() if s["best_mse_fe"] is not None]
+    roles = DESIGN_ROLES["lattice"]
+    with mlflow.start_run(run_name="design") as run_:
+        tracking.log_tags({tracking.TEST_SET_TAG: fingerprint})
+        tracking.log_params_flat({f"{k}_version": v for k, v in versions.items()})
+        mlflow.log_metrics({"design_success_rate": success,
+                            "design_mean_best_mse_fe": float(np.mean(best)) if best else float("nan"),
+                            **{f"{k}_{m}": float(v) for k, s in summaries.items()
+                               for m, v in (("accepted", s["accepted"]), ("fe_within", s["fe_within_threshold"]))}})
+        designer.log_designer(keras_paths, metadata={"models": {k: f"{roles[k]}@v{v}" for k, v in versions.items()}})
+    version = registry.register(run_.info.run_id, DESIGNER.name, artifact="designer")
+    decision = registry.promote(DESIGNER.name, metric=DESIGNER.metric, tolerance=tolerance)
+    return {"run_id": run_.info.run_id, "version": version, "decision": decision["decision"],
+            "reason": decision["reason"], "design_success_rate": success}
+
+
+def job(params) -> dict:
+    import json
+    import shutil
+    import tempfile
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from deepdram.data.atomic import write_json
+    from deepdram.data.shards import fingerprint as fingerprint_of
+    from deepdram.data.tables import write_table
+    from deepdram.design.pipeline import design, load_surrogates, sweep
+    from deepdram.design.requests import DesignGrid, DesignRequest, load_request_file, subset_grid
+    from deepdram.errors import InputError
+    from deepdram.learn.models import predict
+    from deepdram.mlops.champions import champion_files
+    from deepdram.paths import DESIGNS_DIR, REQUESTS_DIR, SPLITS_DIR
+    from deepdram.spaces.lattice import design_figures as F
+    from deepdram.spaces.lattice import export
+    from deepdram.spaces.lattice.space import LatticeSpace
+
+    cfg = params.design
+    space = LatticeSpace()
+    reqs: list[DesignRequest] = []
+    for name in cfg.requests:
+        r = load_request_file(REQUESTS_DIR / f"{name}.yaml")
+        if not isinstance(r, DesignRequest):
+            raise InputError(f"design.requests: {name}.yaml is a grid; name it under design.sweep")
+        reqs.append(r if cfg.n_candidates is None else replace(r, n_candidates=cfg.n_candidates))
+    grid = None
+    if cfg.sweep:
+        g = load_request_file(REQUESTS_DIR / f"{cfg.sweep}.yaml")
+        if not isinstance(g, DesignGrid):
+            raise InputError(f"design.sweep: {cfg.sweep}.yaml has no 'grid'")
+        prof = cfg.sweep_profile
+        grid = subset_grid(g, prof.sizes, prof.n_candidates, prof.target_stride)
+    files = sorted(REQUESTS_DIR.glob("*.yaml"))
+    fingerprint = fingerprint_of(json.dumps(cfg.model_dump(by_alias=True), default=str, sort_keys=True), files=files)
+
+    out_dir = DESIGNS_DIR
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        keras_dir = work / ".models"
+        keras_paths, versions = champion_files(keras_dir, space.name)
+        m = load_surrogates(keras_paths)
+        m.versions = versions
+        results, summaries = {}, {}
+        total = sum(r.n_candidates for r in reqs)
+        with tqdm(total=total, unit="cand", unit_scale=True, desc="design requests") as bar:
+            for r in reqs:
+                res = design(space, m, r, progress=bar.update)
+                results[r.name] = res
+                summaries[r.name] = res.summary
+                write_table(res.table, work / f"{r.name}.csv")
+        summaries_sweep = {}
+        if grid is not None:
+            with tqdm(total=len(grid.targets), unit="target", desc=f"sweep {grid.name}") as bar:
+                sweep_df, env_designs = sweep(space, m, grid, progress=bar.update)
+            write_table(sweep_df, work / f"{grid.name}.csv")
+            F.mse_heatmaps(work / "plots" / "fig4b_mse_heatmaps.png", sweep_df, grid.mse_threshold)
+            F.envelope(work / "plots" / "fig2b_envelope.png", train_properties(space, SPLITS_DIR / "train.parquet"),
+                       predict(m.models["forward"], env_designs))
+            summaries_sweep = {f"{d1}x{d2}": int((g_["best_mse_pred"] <= grid.mse_threshold).sum())
+                               for (d1, d2), g_ in sweep_df.groupby(["d1", "d2"], sort=False)}
+        thr = reqs[0].mse_threshold if reqs else 0.1
+        tilings = {n: r for n, r in results.items() if r.request.conditions is not None}
+        cells = {n: r for n, r in results.items() if r.request.conditions is None}
+        F.stress_scatter(work / "plots" / "fig5b_peak_stress.png", {n: r.table for n, r in tilings.items()}, thr)
+        F.drawings(work / "plots" / "fig5c_drawings.png", F.selected_drawings(tilings))
+        F.drawings(work / "plots" / "table10_unit_cells.png", F.selected_drawings(cells))
+        for name, r in results.items():
+            for _, row in r.table.head(cfg.export_top).iterrows():
+                d = row[list(space.variables)].to_numpy(np.uint8)
+                export.write_print_files(work / "export" / f"{name}_rank{int(row['rank'])}", d,
+                                         int(row["d1"]), int(row["d2"]))
+        reg = None
+        if cfg.register_designer:
+            reg = register_designer(keras_paths, versions, summaries, fingerprint, cfg.tolerance)
+        shutil.rmtree(keras_dir)
+        summary = {"requests": summaries, "models": versions, "designer": reg,
+                   "sweep": None if grid is None else {
+                       "name": grid.name, "targets": len(grid.targets), "sizes": [list(s) for s in grid.sizes],
+                       "n_candidates": grid.n_candidates, "targets_within_threshold": summaries_sweep}}
+        write_json(summary, work / "summary.json")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        work.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    flat = flat_summary(summaries)
+    if grid is not None:
+        flat |= {f"sweep.within_{k}": v for k, v in summaries_sweep.items()}
+    if reg is not None:
+        flat |= {"designer_version": reg["version"], "designer_decision": reg["decision"]}
+    return flat | {"requests": len(reqs)}
+
+
+def main() -> int:
+    return run("design", job)

@@ -1,0 +1,17 @@
+"""Stage `tune_cvae`: the cvae model's hyperparameter study (every trial a nested MLflow run)."""
+
+from __future__ import annotations
+
+from deepdram.jobs.runner import run
+
+SECTIONS = ("tune_cvae")
+
+
+def job(params) -> dict:
+    from deepdram.jobs.tuning_common import run_study
+
+    return run_study(params.tune_cvae, "cvae")
+
+
+def main() -> int:
+    return run("tune_cvae", job)

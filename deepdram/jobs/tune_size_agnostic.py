@@ -1,0 +1,17 @@
+"""Stage `tune_size_agnostic`: the size_agnostic model's hyperparameter study (every trial a nested MLflow run)."""
+
+from __future__ import annotations
+
+from deepdram.jobs.runner import run
+
+SECTIONS = ("tune_size_agnostic")
+
+
+def job(params) -> dict:
+    from deepdram.jobs.tuning_common import run_study
+
+    return run_study(params.tune_size_agnostic, "size_agnostic")
+
+
+def main() -> int:
+    return run("tune_size_agnostic", job)

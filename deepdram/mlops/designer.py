@@ -1,0 +1,210 @@
+"""`deepdram-designer`: the whole inverse-design procedure (deepdram.design) as an MLflow pyfunc.
+
+The logged model bundles COPIES of the space's champion Keras models (the lattice: generator,
+size-agnostic, unit-cell forward) as artifacts plus a copy of the deepdram package, so the served
+model needs neither the registry nor an installed deepdram at request time:
+
+    mlflow models serve -m models:/deepdram-designer@champion --env-manager local
+
+Input: one row per request, columns E11, E22, nu12, nu21 (target, E/Eb and Poisson's ratios),
+d1, d2 (even in [2, 20], or both 1 for a unit cell), and optionally n_candidates, top_k, seed,
+mse_threshold (per-row values override the `params` of the call). Params (``"params": {...}``
+in the JSON body): n_candidates (default 100000, at most MAX_CANDIDATES), top_k (default 20, at
+most MAX_TOP_K), seed (0), mse_threshold (0.1). At most MAX_REQUESTS rows per call.
+
+Output: the ranked FE-verified designs of every request, one row each: request (row index of the
+input), rank, b00..b41, d1, d2, predicted E11..nu21, fe_E11..fe_nu21, mse_pred, mse_fe, vm1, vm2,
+vm, within_threshold, pareto, best_effort (True when no candidate met the threshold: the closest
+designs are returned, flagged), and the request's counts candidates, valid, distinct, accepted.
+
+Bad requests (missing or non-numeric fields, odd or out-of-range sizes, n_candidates above the
+cap, targets outside the physically reachable range) raise MlflowException(INVALID_PARAMETER_VALUE),
+which the server answers with HTTP 400 and the message.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+from deepdram.design import pipeline as D
+from deepdram.design.requests import MSE_THRESHOLD, N_CANDIDATES, TOP_K, DesignRequest, parse_request
+from deepdram.errors import InputError
+from deepdram.mlops.catalogue import DESIGNER
+from deepdram.spaces.registry import get as get_space
+
+NAME = DESIGNER.name
+SPACE = get_space("lattice")
+MAX_CANDIDATES = 200_000  # per request when served (the paper used 1e5)
+MAX_TOP_K = 200
+MAX_REQUESTS = 20
+INPUT_COLUMNS = SPACE.properties + SPACE.conditions
+OPTIONAL_COLUMNS = ("n_candidates", "top_k", "seed", "mse_threshold")
+PARAM_DEFAULTS = {"n_candidates": N_CANDIDATES, "top_k": TOP_K, "seed": 0, "mse_threshold": MSE_THRESHOLD}
+COUNT_COLUMNS = ("candidates", "valid", "distinct", "accepted")
+OUTPUT_COLUMNS = ("request", *D.result_columns(SPACE), *COUNT_COLUMNS)
+
+
+def _bad(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def _rows(model_input: Any) -> pd.DataFrame:
+    """The input as a DataFrame with named columns (values not yet checked)."""
+    if isinstance(model_input, dict):
+        model_input = [model_input] if not any(isinstance(v, (list, tuple, np.ndarray)) for v in model_input.values()) \
+            else pd.DataFrame(model_input)
+    if isinstance(model_input, (list, tuple)):
+        if model_input and all(isinstance(r, dict) for r in model_input):
+            model_input = pd.DataFrame(list(model_input))
+        else:
+            rows = [model_input] if model_input and not isinstance(model_input[0], (list, tuple)) else model_input
+            if any(len(r) != len(INPUT_COLUMNS) for r in rows):
+                raise _bad(f"unnamed rows must have {len(INPUT_COLUMNS)} values ({', '.join(INPUT_COLUMNS)})")
+            model_input = pd.DataFrame(list(rows), columns=list(INPUT_COLUMNS))
+    if isinstance(model_input, np.ndarray):
+        arr = np.atleast_2d(model_input)
+        if arr.shape[1] != len(INPUT_COLUMNS):
+            raise _bad(f"unnamed rows must have {len(INPUT_COLUMNS)} values ({', '.join(INPUT_COLUMNS)})")
+        model_input = pd.DataFrame(arr, columns=list(INPUT_COLUMNS))
+    if not isinstance(model_input, pd.DataFrame):
+        raise _bad(f"unsupported input type {type(model_input).__name__}: send rows with "
+                   f"{', '.join(INPUT_COLUMNS)}")
+    df = model_input
+    if not all(isinstance(c, str) for c in df.columns) and df.shape[1] == len(INPUT_COLUMNS):
+        df = df.set_axis(list(INPUT_COLUMNS), axis=1)
+    missing = [c for c in INPUT_COLUMNS if c not in df.columns]
+    if missing:
+        raise _bad(f"missing input column(s) {', '.join(missing)}: each request needs "
+                   f"{', '.join(INPUT_COLUMNS)} (optional: {', '.join(OPTIONAL_COLUMNS)})")
+    unknown = [c for c in df.columns if c not in INPUT_COLUMNS + OPTIONAL_COLUMNS]
+    if unknown:
+        raise _bad(f"unknown input column(s) {', '.join(map(str, unknown))}; allowed: "
+                   f"{', '.join(INPUT_COLUMNS + OPTIONAL_COLUMNS)}")
+    if len(df) == 0:
+        raise _bad("no requests: send at least one row")
+    if len(df) > MAX_REQUESTS:
+        raise _bad(f"{len(df)} requests in one call; at most {MAX_REQUESTS}")
+    return df.reset_index(drop=True)
+
+
+def parse_requests(model_input: Any, params: dict | None = None) -> list[DesignRequest]:
+    """Checked DesignRequests from the served input and params (MlflowException 400 if bad)."""
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(PARAM_DEFAULTS))
+    if unknown:
+        raise _bad(f"unknown param(s) {unknown}; allowed: {sorted(PARAM_DEFAULTS)}")
+    base = {**PARAM_DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
+    df = _rows(model_input)
+    out = []
+    for i, row in enumerate(df.to_dict("records")):
+        spec = {k: v for k, v in base.items()}
+        for k in OPTIONAL_COLUMNS:
+            if k in row and row[k] is not None and not (isinstance(row[k], float) and np.isnan(row[k])):
+                spec[k] = row[k]
+        for c in INPUT_COLUMNS:
+            v = row[c]
+            if v is None or (isinstance(v, float) and np.isnan(v)):
+                raise _bad(f"row {i}: {c} is missing (null)")
+            if isinstance(v, str):
+                try:
+                    v = float(v)
+                except ValueError:
+                    raise _bad(f"row {i}: {c} must be a number; got {row[c]!r}") from None
+            row[c] = v
+        spec |= {"target": [row[c] for c in SPACE.properties], **{c: row[c] for c in SPACE.conditions},
+                 "name": f"request{i}"}
+        try:
+            out.append(parse_request(spec, f"row {i}", max_candidates=MAX_CANDIDATES, max_top_k=MAX_TOP_K,
+                                     space=SPACE))
+        except InputError as e:
+            raise _bad(str(e)) from None
+    return out
+
+
+def result_frame(results: list[D.DesignResult]) -> pd.DataFrame:
+    """One table of all requests' ranked designs, with the request index and counts."""
+    parts = []
+    for i, r in enumerate(results):
+        t = r.table.copy()
+        t.insert(0, "request", i)
+        for c in COUNT_COLUMNS:
+            t[c] = int(r.summary[c])
+        parts.append(t)
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(OUTPUT_COLUMNS))
+    return out[list(OUTPUT_COLUMNS)]
+
+
+class DesignerPyfunc(mlflow.pyfunc.PythonModel):
+    """Inverse designer: requests in, ranked FE-verified designs out."""
+
+    def load_context(self, context):
+        self.models = D.load_surrogates(context.artifacts)
+
+    def predict(self, context, model_input, params=None):
+        reqs = parse_requests(model_input, params)
+        if getattr(self, "models", None) is None:
+            self.load_context(context)
+        return result_frame([D.design(SPACE, self.models, r) for r in reqs])
+
+
+def signature():
+    """Params schema (n_candidates, top_k, seed, mse_threshold) and the output columns; inputs are
+    checked by the model itself (named columns, row-level messages)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    types = {"request": "long", "rank": "long", "within_threshold": "boolean", "pareto": "boolean",
+             "best_effort": "boolean", **{c: "long" for c in (*SPACE.variables, *SPACE.conditions, *COUNT_COLUMNS)}}
+    outputs = Schema([ColSpec(types.get(c, "double"), c) for c in OUTPUT_COLUMNS])
+    params = ParamSchema([ParamSpec(k, "long" if isinstance(v, int) else "double", v)
+                          for k, v in PARAM_DEFAULTS.items()])
+    return ModelSignature(inputs=None, outputs=outputs, params=params)
+
+
+MODEL_SCRIPT = """\
+# deepdram: the inverse designer pyfunc (MLflow model from code).
+import mlflow.models
+
+from deepdram.mlops.designer import DesignerPyfunc
+
+mlflow.models.set_model(DesignerPyfunc())
+"""
+
+
+ROLES = ("generator", "conditioned", "forward")
+
+
+def log_designer(keras_paths: dict, name: str = "designer", metadata: dict | None = None):
+    """Log the designer with copies of the space's .keras files (roles generator, conditioned,
+    forward) into the active run; returns MLflow's ModelInfo."""
+    from deepdram.mlops.pyfuncs import _package_copy, pip_requirements
+    from deepdram.mlops.tracking import configure
+
+    missing = [k for k in ROLES if k not in keras_paths or not Path(keras_paths[k]).is_file()]
+    if missing:
+        raise InputError(f"log_designer: missing .keras file(s) for {', '.join(missing)}")
+    configure()
+    meta = {"deepdram_kind": "designer", "deepdram_inputs": list(INPUT_COLUMNS),
+            "deepdram_optional_inputs": list(OPTIONAL_COLUMNS), "max_candidates": MAX_CANDIDATES,
+            "max_top_k": MAX_TOP_K, "max_requests": MAX_REQUESTS, **(metadata or {})}
+    with tempfile.TemporaryDirectory(prefix="deepdram-designer-") as tmp:
+        code = _package_copy(Path(tmp))
+        script = Path(tmp) / "deepdram_designer_model.py"
+        script.write_text(MODEL_SCRIPT)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*An input example was not provided", category=UserWarning)
+            return mlflow.pyfunc.log_model(
+                name=name, python_model=str(script),
+                artifacts={k: str(Path(keras_paths[k]).resolve()) for k in ROLES},
+                signature=signature(), pip_requirements=pip_requirements(("scipy", "numba", "manifold3d")),
+                code_paths=[str(code)], metadata=meta)
