@@ -20,3 +20,30 @@ def first_rows(mask, limit: int = 5) -> str:
     if idx.size > limit:
         text += f", ... ({idx.size} in all)"
     return text
+
+
+def check_number(value, what: str) -> float:
+    """A finite float from `value`, else InputError naming `what`."""
+    import math
+
+    if isinstance(value, bool) or value is None:
+        raise InputError(f"{what} must be a number; got {value!r}")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a number; got {value!r}") from None
+    if not math.isfinite(v):
+        raise InputError(f"{what} must be a finite number; got {value!r}")
+    return v
+
+
+def check_integer(value, what: str, lo: int, hi: int | None = None) -> int:
+    """An integer in [lo, hi] from `value` (integral floats accepted), else InputError."""
+    v = check_number(value, what)
+    if v != round(v):
+        raise InputError(f"{what} must be an integer; got {value!r}")
+    v = int(round(v))
+    if v < lo or (hi is not None and v > hi):
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise InputError(f"{what} must be an integer {rng}; got {v}")
+    return v

@@ -18,7 +18,6 @@ from pydantic_core import PydanticCustomError
 from deepdram.errors import InputError
 from deepdram.spaces.lattice.constants import TILING_SIZES, ZG_VALUES
 
-LEAF_KEYS = ("space", "paper", "fixed")  # mappings an override replaces whole
 
 
 class Section(BaseModel):
@@ -444,24 +443,67 @@ def load(path: Path | str | None = None) -> Params:
 
 
 def merge(base: Mapping, overrides: Mapping) -> dict:
-    """`base` with `overrides` applied key by key (nested mappings merged, other values replaced)."""
+    """`base` with `overrides` applied key by key: nested mappings merged, other values replaced
+    (what `dvc exp run -S key=value` does with each leaf)."""
     out = dict(base)
     for k, v in overrides.items():
-        nested = isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and k not in LEAF_KEYS
+        nested = isinstance(v, Mapping) and isinstance(out.get(k), Mapping)
         out[k] = merge(out[k], v) if nested else v
     return out
 
 
 def flat_overrides(overrides: Mapping, prefix: str = "") -> dict[str, Any]:
-    """{'a.b': value} leaves of an overrides mapping (lists and replaced mappings stay whole)."""
+    """{'a.b': value} leaves of an overrides mapping (lists stay whole)."""
     out: dict[str, Any] = {}
     for k, v in overrides.items():
         key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v and k not in LEAF_KEYS:
+        if isinstance(v, Mapping) and v:
             out.update(flat_overrides(v, key + "."))
         else:
             out[key] = v
     return out
+
+
+def _hydra(value: Any) -> str:
+    """A value in the override grammar `dvc exp run -S` parses (Hydra's)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_hydra(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{_hydra(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    return text if text.replace("_", "").replace("-", "").isalnum() else "'" + text.replace("'", "\\'") + "'"
+
+
+def _has(data: Mapping, dotted: str) -> bool:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def exp_run_args(base: Path | str, overrides: Path | str) -> list[str]:
+    """`-S key=value` arguments of `dvc exp run` that apply an overrides file to `base`
+    (keys absent from `base` get Hydra's `+` prefix); the overrides are checked first."""
+    check_overrides(base, overrides)
+    data = read_yaml(base)
+    args = []
+    for key, value in flat_overrides(read_yaml(overrides)).items():
+        args += ["-S", f"{'' if _has(data, key) else '+'}{key}={_hydra(value)}"]
+    return args
+
+
+def changed_sections(base: Mapping, overrides: Mapping) -> list[str]:
+    """Sections whose values the overrides change."""
+    merged = merge(base, overrides)
+    return [s for s in merged if merged.get(s) != base.get(s)]
 
 
 def check_overrides(base: Path | str, overrides: Path | str) -> Params:

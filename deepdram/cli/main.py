@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from deepdram.cli import design, promote, sample, simulate, tune
+from deepdram.cli import design, params, promote, sample, simulate, tune
 from deepdram.cli.common import PROG, formatter
 from deepdram.errors import DeepdramError
 
@@ -41,7 +41,7 @@ file is written.
 """
 
 
-COMMANDS = (sample, simulate, design, promote, tune)
+COMMANDS = (sample, simulate, design, promote, tune, params)
 
 
 def _version() -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from deepdram.errors import InputError
+from deepdram.errors import InputError, check_integer, check_number
 from deepdram.spaces.base import DesignSpace
 
 MSE_THRESHOLD = 0.1  # the paper's acceptance threshold (mean squared error over the properties)
@@ -58,29 +58,8 @@ class DesignRequest:
     options: Mapping[str, Any] = field(default_factory=dict)  # method options (see each method)
 
 
-def number(value: Any, what: str) -> float:
-    """A finite float from `value`, else InputError naming `what`."""
-    if isinstance(value, bool) or value is None:
-        raise InputError(f"{what} must be a number; got {value!r}")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{what} must be a number; got {value!r}") from None
-    if not math.isfinite(v):
-        raise InputError(f"{what} must be a finite number; got {value!r}")
-    return v
-
-
-def integer(value: Any, what: str, lo: int, hi: int | None = None) -> int:
-    """An integer in [lo, hi] from `value` (integral floats accepted), else InputError."""
-    v = number(value, what)
-    if v != round(v):
-        raise InputError(f"{what} must be an integer; got {value!r}")
-    v = int(round(v))
-    if v < lo or (hi is not None and v > hi):
-        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise InputError(f"{what} must be an integer {rng}; got {v}")
-    return v
+number = check_number  # the request parsers' names for the shared checks
+integer = check_integer
 
 
 def check_target(space: DesignSpace, target: Any, where: str = "target") -> tuple[float, ...]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from deepdram.jobs.runner import run
 
-SECTIONS = ("tune_cvae")
+SECTIONS = ("tune_cvae",)
 
 
 def job(params) -> dict:

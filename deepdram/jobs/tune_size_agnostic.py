@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from deepdram.jobs.runner import run
 
-SECTIONS = ("tune_size_agnostic")
+SECTIONS = ("tune_size_agnostic",)
 
 
 def job(params) -> dict:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from deepdram.errors import InputError
-from deepdram.spaces.base import DesignSpace
+
+if TYPE_CHECKING:  # the CLI imports NAMES at start-up: keep numpy (spaces.base) out of it
+    from deepdram.spaces.base import DesignSpace
 
 NAMES = ("lattice", "composite", "peaks")
 DEFAULT = "lattice"

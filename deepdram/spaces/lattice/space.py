@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from deepdram.errors import InputError
+from deepdram.errors import InputError, check_integer
 from deepdram.spaces.base import DesignSpace, Evaluation, FeatureSet, Progress, Rule, Symmetry
 from deepdram.spaces.lattice import geometry as G
 from deepdram.spaces.lattice import rules as R
@@ -99,10 +99,8 @@ class LatticeSpace(DesignSpace):
 
     def request_size(self, values, where: str) -> tuple[int, int]:
         """(d1, d2): both even in [2, 20] (a tiling), or both 1 (a unit cell)."""
-        from deepdram.design.requests import integer
-
-        a = integer(values[0], f"{where}.d1", 1, D_MAX)
-        b = integer(values[1], f"{where}.d2", 1, D_MAX)
+        a = check_integer(values[0], f"{where}.d1", 1, D_MAX)
+        b = check_integer(values[1], f"{where}.d2", 1, D_MAX)
         if (a, b) == (UNIT_CELL, UNIT_CELL):
             return a, b
         for name, v in (("d1", a), ("d2", b)):

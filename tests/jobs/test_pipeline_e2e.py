@@ -1,4 +1,7 @@
-"""End to end: the real `dvc repro` on a tiny profile in a copy of the repo, with a SIGKILL mid-stage."""
+"""End to end: the real `dvc repro` on a tiny profile in a copy of the repo, with a SIGKILL mid-stage.
+
+Every test stands alone: `pipeline` brings the copy's whole pipeline up to date (a no-op when an
+earlier test already did), so any test can be run by itself."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from deepdram.constants import REPO_ROOT
+from deepdram.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -87,26 +90,38 @@ def repo(tmp_path_factory) -> Path:
     return dst
 
 
+@pytest.fixture(scope="module")
+def pipeline(repo) -> Path:
+    """The copy with its whole pipeline up to date."""
+    _run([sys.executable, "-m", "dvc", "repro"], repo, timeout=1800)
+    return repo
+
+
 def test_bad_params_fail_before_work(repo):
-    """A negative count stops the stage at once with the key named, and writes nothing."""
+    """A negative count, or a misspelt key in another section, stops the stage at once with the key
+    named, and writes nothing."""
     params = (repo / "params.yaml").read_text()
-    bad = yaml.safe_load(params)
-    bad["cells"]["per_zg"] = -5
-    (repo / "params.yaml").write_text(yaml.safe_dump(bad, sort_keys=False))
-    try:
-        p = _run([sys.executable, "pipelines/cells.py"], repo, check=False)
-    finally:
-        (repo / "params.yaml").write_text(params)
-    assert p.returncode == 2
-    assert "cells.per_zg' must be an integer >= 1; got -5" in p.stderr
-    assert "Traceback" not in p.stderr
-    assert not (repo / "outputs/datasets/cells.parquet").exists()
+    before = _digest(repo / "outputs") if (repo / "outputs").exists() else {}
+    for change, needle in ((lambda d: d["cells"].update(per_zg=-5), "cells.per_zg' must be an integer >= 1; got -5"),
+                           (lambda d: d["design"].update(n_candidatez=3), "unknown key 'design.n_candidatez'")):
+        bad = yaml.safe_load(params)
+        change(bad)
+        (repo / "params.yaml").write_text(yaml.safe_dump(bad, sort_keys=False))
+        try:
+            p = _run([sys.executable, "pipelines/cells.py"], repo, check=False)
+        finally:
+            (repo / "params.yaml").write_text(params)
+        assert p.returncode == 2, p.stderr
+        assert needle in p.stderr
+        assert "Traceback" not in p.stderr
+    assert (_digest(repo / "outputs") if (repo / "outputs").exists() else {}) == before
 
 
 def test_killed_stage_resumes_and_pipeline_completes(repo):
     """SIGKILL mid-`cells`, then `dvc repro` finishes without redoing shards; bytes equal a clean run."""
     scratch = repo / "outputs/.scratch/cells"
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "cells"], cwd=repo, env=_env(),
+    # forced, so the stage starts from scratch even when an earlier test already ran it
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-f", "-s", "cells"], cwd=repo, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     t0, parts = time.time(), []
     while time.time() - t0 < 300:
@@ -122,7 +137,7 @@ def test_killed_stage_resumes_and_pipeline_completes(repo):
     assert 5 <= len(parts) < 50, f"kill came too late or too early: {len(parts)} shards\n{output[-3000:]}"
     done_before = {p.name: p.stat().st_mtime_ns for p in scratch.glob("*/part-*.parquet")}
 
-    out = _run([sys.executable, "-m", "dvc", "repro"], repo, timeout=900)
+    out = _run([sys.executable, "-m", "dvc", "repro"], repo, timeout=1800)
     log = out.stdout + out.stderr
     assert f"resuming, {len(done_before)} of 50 shards already done" in log
     cells_digest = _digest(repo / "outputs/datasets/cells.parquet")
@@ -138,17 +153,16 @@ def test_killed_stage_resumes_and_pipeline_completes(repo):
     assert "up to date" in again.stdout.lower()
 
 
-def test_outputs_are_valid_and_consistent(repo):
+def test_outputs_are_valid_and_consistent(pipeline):
     """After the pipeline: row counts, validation results, key-disjoint splits, reports, metrics."""
-    if not (repo / "outputs/reports/data").exists():
-        pytest.skip("pipeline did not run")
+    repo = pipeline
     cells = pd.read_parquet(repo / "outputs/datasets/cells.parquet")
     assert len(cells) == 20000 and cells.groupby("zg").size().eq(4000).all()
     for name in ("cells", "tilings"):
         result = json.loads((repo / f"outputs/validation/{name}.json").read_text())
         assert result["summary"]["success"] is True and result["validation_result"]["success"] is True
         assert (repo / f"outputs/validation/{name}.md").stat().st_size > 0
-    from deepdram.lattice import to_keys
+    from deepdram.spaces.lattice.geometry import to_keys
 
     keys = {}
     for split in ("train", "val", "test"):
@@ -167,10 +181,9 @@ def test_outputs_are_valid_and_consistent(repo):
     _run([sys.executable, "-m", "dvc", "params", "diff"], repo)
 
 
-def test_models_are_tracked_registered_and_promoted(repo):
+def test_models_are_tracked_registered_and_promoted(pipeline):
     """The pipeline trained, evaluated, registered and promoted all three models in the repo's store."""
-    if not (repo / "outputs/evaluation/promotion.json").exists():
-        pytest.skip("pipeline did not run")
+    repo = pipeline
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlruns/mlflow.db")
