@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     spec.setdefault("name", "cli")
     from tqdm import tqdm
 
-    from deepdram.design import pipeline as D
+    from deepdram.design import pipeline
     from deepdram.design.requests import parse_request
     from deepdram.mlops.champions import load_champions
     from deepdram.spaces.registry import get
@@ -121,11 +121,11 @@ def run(args: argparse.Namespace) -> int:
     models = load_champions(space.name)
     with tqdm(total=req.n_candidates, unit="cand", unit_scale=True, desc="screen", file=sys.stderr,
               disable=args.quiet, dynamic_ncols=True) as bar:
-        screened = D.screen(space, models, req, progress=bar.update)
+        screened = pipeline.screen(space, models, req, progress=bar.update)
     n_fe = min(req.top_k, len(screened.mse_pred))
     with tqdm(total=n_fe, unit="design", desc="FE verify", file=sys.stderr, disable=args.quiet,
               dynamic_ncols=True) as bar:
-        result = D.verify_and_rank(space, req, screened, progress=bar.update)
+        result = pipeline.verify_and_rank(space, req, screened, progress=bar.update)
     write_table(result.table, args.output)
     if args.export:
         from pathlib import Path

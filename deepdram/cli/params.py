@@ -47,22 +47,22 @@ def add(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from deepdram import params as P
+    from deepdram import params as schema
     from deepdram.errors import InputError
     from deepdram.jobs.deps import rerun_plan
     from deepdram.paths import PARAMS_PATH, REPO_ROOT
 
     if args.action == "check":
         path = Path(args.file) if args.file else PARAMS_PATH
-        P.load(path)
+        schema.load(path)
         if not args.quiet:
-            print(f"{path}: all {len(P.SECTIONS)} sections valid")
+            print(f"{path}: all {len(schema.SECTIONS)} sections valid")
         return 0
     if not args.file:
         raise InputError(f"params {args.action}: name the overrides file, e.g. params-paper.yaml")
     overrides = Path(args.file)
-    cmd = ["dvc", "exp", "run", "--name", args.name or overrides.stem, *P.exp_run_args(PARAMS_PATH, overrides)]
-    sections = P.changed_sections(P.read_yaml(PARAMS_PATH), P.read_yaml(overrides))
+    cmd = ["dvc", "exp", "run", "--name", args.name or overrides.stem, *schema.exp_run_args(PARAMS_PATH, overrides)]
+    sections = schema.changed_sections(schema.read_yaml(PARAMS_PATH), schema.read_yaml(overrides))
     plan = rerun_plan(REPO_ROOT, sections)
     if args.action == "plan" or args.dry:
         print(f"sections changed: {', '.join(sections) or '(none)'}")

@@ -43,14 +43,14 @@ def run(args: argparse.Namespace) -> int:
     """Run trials, print the study summary."""
     import json
 
-    from deepdram import params as P
+    from deepdram import params as schema
     from deepdram.errors import InputError
     from deepdram.jobs.tuning_common import run_study
 
     if args.trials is not None and args.trials < 1:
         raise InputError(f"--trials must be >= 1; got {args.trials}")
     worker = args.worker if args.worker is not None else int(os.environ.get("SLURM_ARRAY_TASK_ID", "0") or 0)
-    params = P.load()
+    params = schema.load()
     out = run_study(getattr(params, f"tune_{args.model}"), args.model, resample=params.resample, storage=args.storage,
                     n_trials=args.trials, worker=worker, progress=not args.quiet)
     print(json.dumps(out, indent=1))

@@ -80,7 +80,7 @@ def job(params) -> dict:
     from deepdram.learn.models import predict
     from deepdram.mlops.champions import champion_files
     from deepdram.paths import DESIGNS_DIR, REQUESTS_DIR, SPLITS_DIR
-    from deepdram.spaces.lattice import design_figures as F
+    from deepdram.spaces.lattice import design_figures
     from deepdram.spaces.lattice import export
     from deepdram.spaces.lattice.space import LatticeSpace
 
@@ -123,17 +123,17 @@ def job(params) -> dict:
             with tqdm(total=len(grid.targets), unit="target", desc=f"sweep {grid.name}") as bar:
                 sweep_df, env_designs = sweep(space, m, grid, progress=bar.update)
             write_table(sweep_df, work / f"{grid.name}.csv")
-            F.mse_heatmaps(work / "plots" / "fig4b_mse_heatmaps.png", sweep_df, grid.mse_threshold)
-            F.envelope(work / "plots" / "fig2b_envelope.png", train_properties(space, SPLITS_DIR / "train.parquet"),
+            design_figures.mse_heatmaps(work / "plots" / "fig4b_mse_heatmaps.png", sweep_df, grid.mse_threshold)
+            design_figures.envelope(work / "plots" / "fig2b_envelope.png", train_properties(space, SPLITS_DIR / "train.parquet"),
                        predict(m.models["forward"], env_designs))
             summaries_sweep = {f"{d1}x{d2}": int((g_["best_mse_pred"] <= grid.mse_threshold).sum())
                                for (d1, d2), g_ in sweep_df.groupby(["d1", "d2"], sort=False)}
         thr = reqs[0].mse_threshold if reqs else 0.1
         tilings = {n: r for n, r in results.items() if r.request.conditions is not None}
         cells = {n: r for n, r in results.items() if r.request.conditions is None}
-        F.stress_scatter(work / "plots" / "fig5b_peak_stress.png", {n: r.table for n, r in tilings.items()}, thr)
-        F.drawings(work / "plots" / "fig5c_drawings.png", F.selected_drawings(tilings))
-        F.drawings(work / "plots" / "table10_unit_cells.png", F.selected_drawings(cells))
+        design_figures.stress_scatter(work / "plots" / "fig5b_peak_stress.png", {n: r.table for n, r in tilings.items()}, thr)
+        design_figures.drawings(work / "plots" / "fig5c_drawings.png", design_figures.selected_drawings(tilings))
+        design_figures.drawings(work / "plots" / "table10_unit_cells.png", design_figures.selected_drawings(cells))
         for name, r in results.items():
             for _, row in r.table.head(cfg.export_top).iterrows():
                 d = row[list(space.variables)].to_numpy(np.uint8)

@@ -38,8 +38,8 @@ Deviations from the paper (and why)
   (which gives 512, 277); the recognition widths do (512, 260 for 8 latent outputs). The CVAE
   therefore takes explicit width lists, defaulting to the paper's [512, 260] for both.
 - The regressors' output-layer bias starts at the mean scaled train target instead of 0. With
-  the paper's ReLU output a zero start let an output unit die in the first steps (observed on
-  tilings: nu12 stuck at the train minimum, R2 -10); the architecture is unchanged.
+  the paper's ReLU output a zero start let an output unit die in the first steps (on tilings,
+  nu12 stuck at the train minimum); the architecture is unchanged.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from deepdram.design import pipeline as D
+from deepdram.design import pipeline
 from deepdram.design.requests import MSE_THRESHOLD, N_CANDIDATES, TOP_K, DesignRequest, parse_request
 from deepdram.errors import InputError
 from deepdram.mlops.catalogue import DESIGNER
@@ -51,7 +51,7 @@ INPUT_COLUMNS = SPACE.properties + SPACE.conditions
 OPTIONAL_COLUMNS = ("n_candidates", "top_k", "seed", "mse_threshold")
 PARAM_DEFAULTS = {"n_candidates": N_CANDIDATES, "top_k": TOP_K, "seed": 0, "mse_threshold": MSE_THRESHOLD}
 COUNT_COLUMNS = ("candidates", "valid", "distinct", "accepted")
-OUTPUT_COLUMNS = ("request", *D.result_columns(SPACE), *COUNT_COLUMNS)
+OUTPUT_COLUMNS = ("request", *pipeline.result_columns(SPACE), *COUNT_COLUMNS)
 
 
 def _bad(message: str) -> MlflowException:
@@ -131,7 +131,7 @@ def parse_requests(model_input: Any, params: dict | None = None) -> list[DesignR
     return out
 
 
-def result_frame(results: list[D.DesignResult]) -> pd.DataFrame:
+def result_frame(results: list[pipeline.DesignResult]) -> pd.DataFrame:
     """One table of all requests' ranked designs, with the request index and counts."""
     parts = []
     for i, r in enumerate(results):
@@ -148,13 +148,13 @@ class DesignerPyfunc(mlflow.pyfunc.PythonModel):
     """Inverse designer: requests in, ranked FE-verified designs out."""
 
     def load_context(self, context):
-        self.models = D.load_surrogates(context.artifacts)
+        self.models = pipeline.load_surrogates(context.artifacts)
 
     def predict(self, context, model_input, params=None):
         reqs = parse_requests(model_input, params)
         if getattr(self, "models", None) is None:
             self.load_context(context)
-        return result_frame([D.design(SPACE, self.models, r) for r in reqs])
+        return result_frame([pipeline.design(SPACE, self.models, r) for r in reqs])
 
 
 def signature():

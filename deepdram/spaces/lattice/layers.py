@@ -29,16 +29,16 @@ class Homogenization(keras.layers.Layer):
     """
 
     def build(self, input_shape):
-        from deepdram.spaces.lattice import homogenize as H
+        from deepdram.spaces.lattice import homogenize
 
         # Constants, converted once here rather than on every call.
-        self._tables = ops.convert_to_tensor(H.beam_tables(), "float32")
-        self._opposite = ops.convert_to_tensor(H.OPPOSITE.astype("int32"))
-        self._perimeter = ops.convert_to_tensor(H.ON_PERIMETER)
-        self._norm = H.NORM
+        self._tables = ops.convert_to_tensor(homogenize.beam_tables(), "float32")
+        self._opposite = ops.convert_to_tensor(homogenize.OPPOSITE.astype("int32"))
+        self._perimeter = ops.convert_to_tensor(homogenize.ON_PERIMETER)
+        self._norm = homogenize.NORM
 
     def call(self, inputs):
-        from deepdram.spaces.lattice import homogenize as H
+        from deepdram.spaces.lattice import homogenize
 
         x = ops.cast(inputs, "float32")
         union = ops.maximum(x, ops.take(x, self._opposite, axis=1))
@@ -46,8 +46,8 @@ class Homogenization(keras.layers.Layer):
         # Assembly in float32 (weights are 0, 0.5, 1: exact; float64 products are ~40x slower on
         # CPU); the solve and the Schur complement, where terms cancel, in float64.
         k = ops.matmul(w, self._tables)
-        k = ops.reshape(ops.cast(k, "float64"), (-1, H.N_DOF, H.N_DOF))
-        lo, hi = int(H.KEPT[0]), H.N_FREE
+        k = ops.reshape(ops.cast(k, "float64"), (-1, homogenize.N_DOF, homogenize.N_DOF))
+        lo, hi = int(homogenize.KEPT[0]), homogenize.N_FREE
         kwe = k[:, lo:hi, hi:]
         sol = ops.solve(k[:, lo:hi, lo:hi], kwe)
         c = k[:, hi:, hi:] - ops.matmul(ops.transpose(kwe, (0, 2, 1)), sol)

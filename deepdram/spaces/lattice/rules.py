@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deepdram.data import validation as V
+from deepdram.data import validation
 from deepdram.data.splits import SPLIT_NAMES
 from deepdram.spaces.base import Rule
 from deepdram.spaces.lattice.constants import (
@@ -59,12 +59,12 @@ def rules(kind: str) -> list[Rule]:
     cols = expected_columns(kind)
     tiling = kind == "tilings"
     shown = f"b00..b41, {', '.join(c for c in cols if c not in BIT_COLUMNS)}"
-    r = V.schema_rules(cols, DERIVED_COLUMNS, DTYPES, shown)
+    r = validation.schema_rules(cols, DERIVED_COLUMNS, DTYPES, shown)
     r += [Rule("ExpectColumnValuesToBeInSet", {"column": c, "value_set": [0, 1]}, c, "{0, 1}",
                "design bits are 0 or 1", (c,)) for c in BIT_COLUMNS]
     zgs = [float(z) for z in ZG_VALUES]
     r += [Rule("ExpectColumnValuesToNotBeNull", {"column": "zg"}, "zg", "not null", "zg is present", ("zg",)),
-          Rule("ExpectColumnValuesToBeInSet", {"column": "zg", "value_set": zgs}, "zg", V.fmt_set(zgs),
+          Rule("ExpectColumnValuesToBeInSet", {"column": "zg", "value_set": zgs}, "zg", validation.fmt_set(zgs),
                "zg is one of the supported connectivities", ("zg",)),
           Rule("ExpectColumnValuesToBeInSet", {"column": "beams_minus_8zg", "value_set": [0]}, "beams_minus_8zg",
                "{0}", "number of beams equals 8 * zg (derived: sum of bits - 8 * zg)",
@@ -80,15 +80,15 @@ def rules(kind: str) -> list[Rule]:
         for c in SIZE_COLUMNS:
             r += [Rule("ExpectColumnValuesToNotBeNull", {"column": c}, c, "not null", f"{c} is present", (c,)),
                   Rule("ExpectColumnValuesToBeInSet", {"column": c, "value_set": list(TILING_SIZES)}, c,
-                       V.fmt_set(TILING_SIZES), "tiling size is even, in 2..20", (c,))]
+                       validation.fmt_set(TILING_SIZES), "tiling size is even, in 2..20", (c,))]
     else:
         r.append(Rule("ExpectColumnValuesToBeUnique", {"column": "design_key"}, "design_key", "unique",
                       "no duplicate design (the key fixes the beam count, hence zg)", ("design_key", "zg"),
                       "duplicate design"))
     for c in PROPERTY_COLUMNS:
-        r += V.range_rules(c, *PROPERTY_BOUNDS[c], shown=(c, "zg"))
+        r += validation.range_rules(c, *PROPERTY_BOUNDS[c], shown=(c, "zg"))
     if "split" in cols:
-        r += V.set_rules("split", list(SPLIT_NAMES), "split is train, val or test")
+        r += validation.set_rules("split", list(SPLIT_NAMES), "split is train, val or test")
     return r
 
 

@@ -16,8 +16,8 @@ import numpy as np
 
 from deepdram.errors import InputError, check_integer
 from deepdram.spaces.base import DesignSpace, Evaluation, FeatureSet, Progress, Rule, Symmetry
-from deepdram.spaces.lattice import geometry as G
-from deepdram.spaces.lattice import rules as R
+from deepdram.spaces.lattice import geometry
+from deepdram.spaces.lattice import rules
 from deepdram.spaces.lattice.constants import (
     BIT_COLUMNS,
     D_MAX,
@@ -35,7 +35,7 @@ SWAP_SIZES = np.array([1, 0])
 
 def _gather(perm: np.ndarray) -> np.ndarray:
     """Gather indices of a beam permutation (new beam perm[k] takes old beam k)."""
-    return G.transform(np.arange(len(perm))[None], perm)[0]
+    return geometry.transform(np.arange(len(perm))[None], perm)[0]
 
 
 class LatticeSpace(DesignSpace):
@@ -52,7 +52,7 @@ class LatticeSpace(DesignSpace):
     validity_rule: ClassVar[str] = "not all 16 nodes are connected (every node must belong to one connected network)"
     extra_outputs: ClassVar[tuple[str, ...]] = ("vm",)
     feature_sets: ClassVar[tuple[str, ...]] = ("homogenized",)
-    derived_text: ClassVar[str] = R.DERIVED_TEXT
+    derived_text: ClassVar[str] = rules.DERIVED_TEXT
     table_order: ClassVar[tuple[str, ...]] = ("nu12", "nu21", "E11", "E22")  # the paper's tables
 
     # --- designs -------------------------------------------------------------------------------
@@ -63,19 +63,19 @@ class LatticeSpace(DesignSpace):
             raise InputError(f"unknown sampling option(s) {sorted(options)} for the lattice space; known: zg")
         if zg is None:
             raise InputError(f"the lattice space samples one connectivity at a time: give zg, one of {list(ZG_VALUES)}")
-        return G.sample_designs(zg, n, seed)
+        return geometry.sample_designs(zg, n, seed)
 
     def is_valid(self, designs: np.ndarray) -> np.ndarray:
-        return G.is_valid(designs)
+        return geometry.is_valid(designs)
 
     def check_designs(self, designs, *, require_valid: bool = True, what: str = "design") -> np.ndarray:
-        return G.check_designs(designs, require_valid=require_valid, what=what)
+        return geometry.check_designs(designs, require_valid=require_valid, what=what)
 
     def keys(self, designs: np.ndarray) -> np.ndarray:
-        return G.to_keys(designs)
+        return geometry.to_keys(designs)
 
     def designs_of(self, df, *, require_valid: bool = True) -> np.ndarray:
-        return G.from_frame(df, require_valid=require_valid) if any(c in df.columns for c in BIT_COLUMNS) \
+        return geometry.from_frame(df, require_valid=require_valid) if any(c in df.columns for c in BIT_COLUMNS) \
             else super().designs_of(df, require_valid=require_valid)
 
     # --- conditions ----------------------------------------------------------------------------
@@ -87,7 +87,7 @@ class LatticeSpace(DesignSpace):
         c = np.broadcast_to(np.asarray(conditions), (n, 2)) if np.ndim(conditions) <= 2 else None
         if c is None:
             raise InputError(f"conditions must be (d1, d2) pairs; got shape {np.shape(conditions)}")
-        G.check_size(c[:, 0], c[:, 1])
+        geometry.check_size(c[:, 0], c[:, 1])
         return c.astype(np.int64)
 
     # --- design requests ------------------------------------------------------------------------
@@ -129,12 +129,12 @@ class LatticeSpace(DesignSpace):
 
     def symmetries(self) -> list[Symmetry]:
         """identity, left-right, top-bottom and both mirrors, then the transpose of each."""
-        ident = np.arange(G.N_BEAMS)
-        mx, my = _gather(G.MIRROR_X), _gather(G.MIRROR_Y)
+        ident = np.arange(geometry.N_BEAMS)
+        mx, my = _gather(geometry.MIRROR_X), _gather(geometry.MIRROR_Y)
         mirrors = [("identity", ident), ("mirror_x", mx), ("mirror_y", my), ("mirror_xy", mx[my])]
         keep_p, keep_c = np.arange(4), np.arange(2)
         out = [Symmetry(n, v, keep_p, keep_c) for n, v in mirrors]
-        swap = _gather(G.SWAP_XY)
+        swap = _gather(geometry.SWAP_XY)
         out += [Symmetry(f"transpose_{n}" if n != "identity" else "transpose", v[swap], SWAP_PROPS, SWAP_SIZES)
                 for n, v in mirrors]
         return out
@@ -183,22 +183,22 @@ class LatticeSpace(DesignSpace):
     # --- data validation --------------------------------------------------------------------------
 
     def validation_rules(self, kind: str) -> list[Rule]:
-        if kind not in R.KINDS:
-            raise InputError(f"unknown lattice dataset kind {kind!r}; known: {', '.join(R.KINDS)}")
-        return R.rules(kind)
+        if kind not in rules.KINDS:
+            raise InputError(f"unknown lattice dataset kind {kind!r}; known: {', '.join(rules.KINDS)}")
+        return rules.rules(kind)
 
     def derive(self, df):
-        return R.derive(df)
+        return rules.derive(df)
 
     def derived_columns(self, kind: str) -> tuple[str, ...]:
-        return R.DERIVED_COLUMNS
+        return rules.DERIVED_COLUMNS
 
     def expected_columns(self, kind: str) -> tuple[str, ...]:
-        return R.expected_columns(kind)
+        return rules.expected_columns(kind)
 
     @property
     def report_columns(self) -> dict[str, Any]:
-        return {"beams": R.beams_text}
+        return {"beams": rules.beams_text}
 
 
 def auxeticity_class(props) -> np.ndarray:

@@ -87,15 +87,15 @@ class PeaksSpace(DesignSpace):
         return peaks(d[:, 0], d[:, 1])[:, None], np.stack([gx, gy], axis=1)[:, None, :]
 
     def validation_rules(self, kind: str) -> list[Rule]:
-        from deepdram.data import validation as V
+        from deepdram.data import validation
 
         if kind != "points":
             raise InputError(f"unknown peaks dataset kind {kind!r}; known: points")
         cols = self.expected_columns(kind)
-        r = V.schema_rules(cols, (), {c: "float64" for c in cols}, ", ".join(cols))
+        r = validation.schema_rules(cols, (), {c: "float64" for c in cols}, ", ".join(cols))
         for c in self.variables:
-            r += V.range_rules(c, LOW, HIGH)
-        return r + V.range_rules("z", *self.property_bounds["z"])
+            r += validation.range_rules(c, LOW, HIGH)
+        return r + validation.range_rules("z", *self.property_bounds["z"])
 
     def expected_columns(self, kind: str) -> tuple[str, ...]:
         return (*self.variables, *self.properties)
