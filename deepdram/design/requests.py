@@ -37,7 +37,7 @@ DEFAULT_RULE = "threshold"
 DEFAULT_METHOD = "cvae"
 DEFAULT_OBJECTIVE = "mse"
 REQUEST_KEYS = ("name", "target", "n_candidates", "mse_threshold", "top_k", "seed", "rule", "method",
-                "objective", "space", "options")
+                "objective", "space", "options", "tolerance", "budget_seconds", "budget_fe")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,14 @@ class DesignRequest:
     objective: str = DEFAULT_OBJECTIVE
     space: str = "lattice"
     options: Mapping[str, Any] = field(default_factory=dict)  # method options (see each method)
+    tolerance: Mapping[str, float] = field(default_factory=dict)  # the engineer's test, per property group
+    budget_seconds: float | None = None  # wall time of the search (None: no limit)
+    budget_fe: int | None = None  # FE calls of the whole request, verification included (None: no limit)
+    constraints: Mapping[str, Any] = field(default_factory=dict)  # space-specific (composite: soft cells)
+
+    @property
+    def budget(self) -> dict[str, float | int | None]:
+        return {"seconds": self.budget_seconds, "fe": self.budget_fe}
 
 
 number = check_number  # the request parsers' names for the shared checks
@@ -112,7 +120,7 @@ def parse_request(spec: Mapping, where: str = "request", *, max_candidates: int 
     unknown = sorted(set(map(str, spec)) - set(REQUEST_KEYS) - set(own))
     if unknown:
         raise InputError(f"{where}: unknown key(s) {unknown}; allowed: {[*REQUEST_KEYS[:1], 'target', *own, *REQUEST_KEYS[2:]]}")
-    if space.needs_target and "target" not in spec:
+    if space.needs_target and "target" not in spec and "objective" not in spec:
         raise InputError(f"{where}: missing 'target'")
     for key in space.required_request_keys:
         if key not in spec:
@@ -134,14 +142,23 @@ def parse_request(spec: Mapping, where: str = "request", *, max_candidates: int 
     if not isinstance(options, Mapping):
         raise InputError(f"{where}.options must be a mapping of method options; got {options!r}")
     method = str(spec.get("method", DEFAULT_METHOD))
-    objective = str(spec.get("objective", space.default_objective))
-    from deepdram.design.methods.registry import check_method
-    from deepdram.design.objectives import check_objective
+    objective = str(spec.get("objective", "mse" if target is not None else space.default_objective))
+    from deepdram.design.methods.registry import check_method, check_options
+    from deepdram.design.objectives import check_objective, check_tolerances
 
     check_method(method, space, f"{where}.method")
+    check_options(method, options, f"{where}.options")
     check_objective(objective, space, target, f"{where}.objective")
+    tolerance = check_tolerances(space, spec.get("tolerance") or {}, f"{where}.tolerance")
+    budget_s = spec.get("budget_seconds")
+    budget_s = None if budget_s is None else number(budget_s, f"{where}.budget_seconds")
+    if budget_s is not None and budget_s <= 0:
+        raise InputError(f"{where}.budget_seconds must be > 0; got {budget_s:g}")
+    budget_fe = spec.get("budget_fe")
+    budget_fe = None if budget_fe is None else integer(budget_fe, f"{where}.budget_fe", 1)
+    constraints = space.parse_constraints(spec, where)
     return DesignRequest(target, conditions, n, thr, top_k, seed, _name(spec.get("name", "request"), where), rule,
-                         method, objective, space.name, dict(options))
+                         method, objective, space.name, dict(options), tolerance, budget_s, budget_fe, constraints)
 
 
 def _axis(spec: Any, where: str) -> list[float]:

@@ -108,7 +108,7 @@ def job(params) -> dict:
     try:
         keras_dir = work / ".models"
         keras_paths, versions = champion_files(keras_dir, space.name)
-        m = load_surrogates(keras_paths)
+        m = load_surrogates(keras_paths, space)
         m.versions = versions
         results, summaries = {}, {}
         total = sum(r.n_candidates for r in reqs)

@@ -48,12 +48,12 @@ def job(params) -> dict:
     metrics = {}
     for key, xx, yy, table, title in (("forward", x, y, "table6_forward", "Forward model"),
                                       ("size_agnostic", xt, yt, "table12_size_agnostic", "Size-agnostic model")):
-        m, files = regressor_report(space, load_model(MODELS_DIR / f"{key}.keras"), xx, yy, paper_table(paper, table),
+        m, files = regressor_report(space, load_model(MODELS_DIR / f"{key}.keras", space), xx, yy, paper_table(paper, table),
                                     EVALUATION_DIR / key, title)
         log_to_run(key, m, files)
         metrics.update({f"{key}.{k}": v for k, v in m.items()})
-    m, files = generator_report(space, load_model(MODELS_DIR / "generator.keras"),
-                                load_model(MODELS_DIR / "encoder.keras"), load_model(MODELS_DIR / "forward.keras"),
+    m, files = generator_report(space, load_model(MODELS_DIR / "generator.keras", space),
+                                load_model(MODELS_DIR / "encoder.keras", space), load_model(MODELS_DIR / "forward.keras", space),
                                 x, y, k=sec.generator_k, n_targets=sec.generator_targets,
                                 tsne_points=sec.tsne_points, seed=sec.seed, out_dir=EVALUATION_DIR / "cvae",
                                 paper_tables=paper)

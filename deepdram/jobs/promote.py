@@ -34,7 +34,7 @@ def reevaluator(key: str, evaluate):
             x, y = xy(space, split_rows(read_table(TILINGS_PATH), "test"), conditions=True)
             return r2_overall(y, predict(model, x))
         _, y = xy(space, read_table(SPLITS_DIR / "test.parquet"))
-        return generator_value(space, model, load_model(MODELS_DIR / "forward.keras"), y, evaluate.tsne_points,
+        return generator_value(space, model, load_model(MODELS_DIR / "forward.keras", space), y, evaluate.tsne_points,
                                evaluate.generator_targets, evaluate.generator_k, evaluate.seed)
 
     return score

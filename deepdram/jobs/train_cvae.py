@@ -31,7 +31,7 @@ def job(params) -> dict:
                    SPLITS_DIR / "test.parquet", [SPLITS_DIR / "train.parquet", SPLITS_DIR / "val.parquet"])
         parts, hist = models.train_cvae(x_tr, y_tr, x_va, y_va, MODELS_DIR / "forward.keras", cfg,
                                         callbacks=[tracking.EpochLogger(run_.info.run_id),
-                                                   epoch_progress("train_cvae", cfg.epochs)])
+                                                   epoch_progress("train_cvae", cfg.epochs)], space=space)
         path = models.save_model(parts.generator, MODELS_DIR / "generator.keras")
         models.save_model(parts.encoder, MODELS_DIR / "encoder.keras")
         last = {f"val_{k}": float(v[-1]) for k, v in hist.items() if k.startswith("val_")}

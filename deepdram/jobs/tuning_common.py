@@ -65,7 +65,7 @@ def load_data(cfg, resample, space) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {"": subsample(*xy(space, read_table(SPLITS_DIR / "train.parquet")), cfg.rows, cfg.seed)}
 
 
-def forward_model(model: str):
+def forward_model(model: str, space=None):
     """The trained forward model the CVAE study scores with (None for the other studies)."""
     if model != "cvae":
         return None
@@ -75,7 +75,7 @@ def forward_model(model: str):
     path = MODELS_DIR / "forward.keras"
     if not path.is_file():
         raise DeepdramError(f"{path} is missing: the CVAE study needs the trained forward model (train_forward)")
-    return load_model(path)
+    return load_model(path, space)
 
 
 def run_study(section, model: str, resample=None, storage: str | None = None, n_trials: int | None = None,
@@ -91,6 +91,6 @@ def run_study(section, model: str, resample=None, storage: str | None = None, n_
     if storage is not None:
         cfg.storage = storage
     space = LatticeSpace()
-    fwd = forward_model(model)
+    fwd = forward_model(model, space)
     data = load_data(cfg, resample, space)
     return tune(cfg, data, n_trials=n_trials, worker=worker, forward_model=fwd, progress=progress, space=space)

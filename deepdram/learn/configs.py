@@ -103,6 +103,8 @@ class RegressorConfig(_ConfigMixin):
     # Average the prediction over the design's symmetry images (outputs mapped back): the model
     # becomes exactly invariant / equivariant, as the physics is; inference costs 4x or 8x.
     symmetrize: str = "none"
+    # Dropout after every hidden layer during training (the GIDN seed's peaks predictor: 0.5).
+    dropout: float = 0.0
 
     def __post_init__(self):
         self.hidden_layers = _positive(self.hidden_layers, "hidden_layers")
@@ -124,6 +126,9 @@ class RegressorConfig(_ConfigMixin):
         _choice(self.lr_schedule, LR_SCHEDULES, "lr_schedule")
         _choice(self.loss, LOSSES, "loss")
         _choice(self.symmetrize, SYMMETRIES, "symmetrize")
+        self.dropout = _positive(self.dropout, "dropout", allow_zero=True, kind=float)
+        if self.dropout >= 1:
+            raise InputError(f"dropout must be in [0, 1); got {self.dropout!r}")
 
     @classmethod
     def forward_paper(cls, **overrides) -> "RegressorConfig":

@@ -126,7 +126,7 @@ def _optimizer(name: str, lr: float, schedule: str = "constant", steps: int = 1)
 
 
 def _mlp(n_in: int, widths: Sequence[int], n_out: int, activation: str, output_activation: str,
-         batch_norm: bool, name: str, input_name: str = "scaled_input", output_bias=None):
+         batch_norm: bool, name: str, input_name: str = "scaled_input", output_bias=None, dropout: float = 0.0):
     """Dense stack: hidden layers (optionally each followed by batch norm), then the output layer
     (its bias initialised to `output_bias` when given, else zeros)."""
     inp = keras.Input((n_in,), name=input_name)
@@ -135,6 +135,8 @@ def _mlp(n_in: int, widths: Sequence[int], n_out: int, activation: str, output_a
         h = keras.layers.Dense(int(w), activation=ACTIVATIONS[activation], name=f"hidden_{i + 1}")(h)
         if batch_norm:
             h = keras.layers.BatchNormalization(name=f"batch_norm_{i + 1}")(h)
+        if dropout > 0:
+            h = keras.layers.Dropout(dropout, name=f"dropout_{i + 1}")(h)
     bias_init = "zeros" if output_bias is None else keras.initializers.Constant(
         np.asarray(output_bias, dtype=np.float64).reshape(n_out).tolist())
     out = keras.layers.Dense(n_out, activation=ACTIVATIONS[output_activation], bias_initializer=bias_init,
@@ -166,7 +168,7 @@ def build_regressor(n_in: int, n_out: int, cfg: RegressorConfig, x_scale=None, x
     n_feat = features.n_features if physics else 0
     n_core = n_in + n_feat
     core = _mlp(n_core, widths, n_out, cfg.activation, cfg.output_activation, cfg.batch_norm, "core",
-                output_bias=output_bias)
+                output_bias=output_bias, dropout=cfg.dropout)
     n_variables = n_in if n_variables is None else int(n_variables)
     if name is None:
         name = "forward" if n_in == n_variables else "size_agnostic"
@@ -326,7 +328,7 @@ def symmetrize(model, space: DesignSpace, which: str):
     return keras.Model(x, keras.layers.Average(name="symmetry_average")(outs), name=name)
 
 
-def _inner(model):
+def inner_regressor(model):
     """The regressor inside a symmetrised model (else the model itself)."""
     names = {layer.name for layer in model.layers}
     return model.get_layer("regressor") if "regressor" in names else model
@@ -335,7 +337,7 @@ def _inner(model):
 def scalers_of(model) -> tuple[Affine, Affine]:
     """The (x_scaler, y_unscaler) Affine layers of a full forward model."""
     try:
-        inner = _inner(model)
+        inner = inner_regressor(model)
         return inner.get_layer("x_scaler"), inner.get_layer("y_unscaler")
     except ValueError:
         raise InputError(f"model '{model.name}' is not a deepdram forward model (no x_scaler / "
@@ -368,12 +370,13 @@ def _value_as_loss(y_true, y_pred):
     return ops.mean(y_pred, axis=-1)
 
 
-def load_model(path):
-    """Load a deepdram `.keras` model (custom layers registered by importing this module)."""
+def load_model(path, space: DesignSpace | None = None):
+    """Load a deepdram `.keras` model: deepdram's generic layers are registered by this module, the
+    space's own layers (the lattice's Homogenization) come from `space.keras_objects()`."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
-    return keras.saving.load_model(path, compile=False)
+    return keras.saving.load_model(path, compile=False, custom_objects=space.keras_objects() if space else None)
 
 
 def save_model(model, path) -> Path:
@@ -401,7 +404,7 @@ def build_cvae(cfg: CVAEConfig, forward_model) -> CVAEParts:
     N_BEAMS, N_PROPS = fwd_x.units, fwd_unscale.units  # noqa: N806
     if int(fwd.input_shape[-1]) != N_BEAMS:
         raise InputError(f"the CVAE needs a forward model on designs only; got {fwd.input_shape[-1]} inputs")
-    fwd_core = _inner(fwd).get_layer("core")
+    fwd_core = inner_regressor(fwd).get_layer("core")
     prop_scaler = fwd_unscale.inverse  # physical -> the forward model's scaled target units
     L = cfg.latent_dim
     act = ACTIVATIONS[cfg.activation]
@@ -452,11 +455,12 @@ def build_cvae(cfg: CVAEConfig, forward_model) -> CVAEParts:
 
 
 def train_cvae(x_tr, y_tr, x_va, y_va, forward_model, cfg: CVAEConfig | None = None,
-               callbacks: Sequence = (), verbose: int = 0):
+               callbacks: Sequence = (), verbose: int = 0, space: DesignSpace | None = None):
     """Train the CVAE; returns (CVAEParts, history).
 
     x: (N, 42) 0/1 designs; y: (N, 4) physical properties; `forward_model`: the trained unit-cell
-    model (a model or the path of its .keras file). It is copied and frozen; its target scaler
+    model (a model, or the path of its .keras file: `space` then registers the space's layers). It
+    is copied and frozen; its target scaler
     scales the CVAE's condition properties, and the MSE term compares the scaled target
     properties with its core's prediction on the reconstructed probabilities (scaled units).
 
@@ -467,7 +471,7 @@ def train_cvae(x_tr, y_tr, x_va, y_va, forward_model, cfg: CVAEConfig | None = N
     """
     cfg = cfg or CVAEConfig()
     if isinstance(forward_model, (str, Path)):
-        forward_model = load_model(forward_model)
+        forward_model = load_model(forward_model, space)
     fwd_x, fwd_unscale = scalers_of(forward_model)
     x_tr, y_tr, x_va, y_va, has_val = _check_splits(x_tr, y_tr, x_va, y_va, fwd_x.units, fwd_unscale.units)
     keras.utils.set_random_seed(cfg.seed)

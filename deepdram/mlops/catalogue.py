@@ -29,8 +29,10 @@ GENERATOR = RegisteredModel("cvae", "deepdram-generator", "deepdram-cvae", "test
                             kind="generator")
 DESIGNER = RegisteredModel("designer", "deepdram-designer", "deepdram-designer", "design_success_rate",
                            kind="designer")
+COMPOSITE_PREDICTOR = RegisteredModel("composite_predictor", "deepdram-composite-predictor",
+                                      "deepdram-composite", "test_r2_overall", kind="forward")
 LATTICE_MODELS = (FORWARD, SIZE_AGNOSTIC, GENERATOR)  # trained, evaluated and promoted by the pipeline
-MODELS = (*LATTICE_MODELS, DESIGNER)
+MODELS = (*LATTICE_MODELS, DESIGNER, COMPOSITE_PREDICTOR)
 BY_NAME = {m.name: m for m in MODELS}
 BY_KEY = {m.key: m for m in MODELS}
 TUNING_EXPERIMENT = "deepdram-tuning"
@@ -41,4 +43,5 @@ def metric_of(name: str) -> str:
     return BY_NAME[name].metric if name in BY_NAME else DEFAULT_METRIC
 
 # The surrogates of each space's design procedure, by role (see design.pipeline.Surrogates).
-DESIGN_ROLES = {"lattice": {"generator": GENERATOR.name, "conditioned": SIZE_AGNOSTIC.name, "forward": FORWARD.name}}
+DESIGN_ROLES = {"lattice": {"generator": GENERATOR.name, "conditioned": SIZE_AGNOSTIC.name, "forward": FORWARD.name},
+                "composite": {"forward": COMPOSITE_PREDICTOR.name}, "peaks": {}}

@@ -43,9 +43,10 @@ def champion_files(dest: Path, space: str = "lattice", alias: str = CHAMPION) ->
 def load_champions(space: str = "lattice", alias: str = CHAMPION):
     """The champion surrogates of a space from the registry (`models:/NAME@champion`)."""
     from deepdram.design.pipeline import load_surrogates
+    from deepdram.spaces.registry import get
 
     with tempfile.TemporaryDirectory(prefix="deepdram-champions-") as tmp:
         paths, versions = champion_files(Path(tmp), space, alias)
-        s = load_surrogates(paths)
+        s = load_surrogates(paths, get(space))
     s.versions = versions
     return s

@@ -10,7 +10,11 @@ Input: one row per request, columns E11, E22, nu12, nu21 (target, E/Eb and Poiss
 d1, d2 (even in [2, 20], or both 1 for a unit cell), and optionally n_candidates, top_k, seed,
 mse_threshold (per-row values override the `params` of the call). Params (``"params": {...}``
 in the JSON body): n_candidates (default 100000, at most MAX_CANDIDATES), top_k (default 20, at
-most MAX_TOP_K), seed (0), mse_threshold (0.1). At most MAX_REQUESTS rows per call.
+most MAX_TOP_K), seed (0), mse_threshold (0.1); method (cvae, backprop, active, ga, topopt,
+random; default cvae) with its options as a JSON object string (`options`, e.g.
+'{"n_starts": 500}'); objective (mse, scaled); tolerance_E (relative, 0.10) and tolerance_nu
+(absolute, 0.05) of the `within_tolerance` test; budget_seconds and budget_fe per request (0: no
+limit; at most MAX_BUDGET_SECONDS and MAX_BUDGET_FE). At most MAX_REQUESTS rows per call.
 
 Output: the ranked FE-verified designs of every request, one row each: request (row index of the
 input), rank, b00..b41, d1, d2, predicted E11..nu21, fe_E11..fe_nu21, mse_pred, mse_fe, vm1, vm2,
@@ -47,9 +51,13 @@ SPACE = get_space("lattice")
 MAX_CANDIDATES = 200_000  # per request when served (the paper used 1e5)
 MAX_TOP_K = 200
 MAX_REQUESTS = 20
+MAX_BUDGET_SECONDS = 600.0
+MAX_BUDGET_FE = 20_000
 INPUT_COLUMNS = SPACE.properties + SPACE.conditions
 OPTIONAL_COLUMNS = ("n_candidates", "top_k", "seed", "mse_threshold")
-PARAM_DEFAULTS = {"n_candidates": N_CANDIDATES, "top_k": TOP_K, "seed": 0, "mse_threshold": MSE_THRESHOLD}
+ROW_PARAMS = {"n_candidates": N_CANDIDATES, "top_k": TOP_K, "seed": 0, "mse_threshold": MSE_THRESHOLD}
+PARAM_DEFAULTS = {**ROW_PARAMS, "method": "cvae", "objective": "mse", "tolerance_E": 0.10, "tolerance_nu": 0.05,
+                  "budget_seconds": 0.0, "budget_fe": 0, "options": "{}"}
 COUNT_COLUMNS = ("candidates", "valid", "distinct", "accepted")
 OUTPUT_COLUMNS = ("request", *pipeline.result_columns(SPACE), *COUNT_COLUMNS)
 
@@ -97,13 +105,41 @@ def _rows(model_input: Any) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+def _request_params(params: dict) -> dict:
+    """The call's method, objective, tolerance, budget and options as request keys (400 naming a bad one)."""
+    import json
+
+    from deepdram.errors import check_number
+
+    p = {**PARAM_DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
+    try:
+        options = json.loads(p["options"]) if isinstance(p["options"], str) else p["options"]
+    except ValueError as e:
+        raise _bad(f"param options must be a JSON object of method options; {e}") from None
+    if not isinstance(options, dict):
+        raise _bad(f"param options must be a JSON object of method options; got {p['options']!r}")
+    out = {"method": p["method"], "objective": p["objective"], "options": options,
+           "tolerance": {"E": p["tolerance_E"], "nu": p["tolerance_nu"]}}
+    for key, cap in (("budget_seconds", MAX_BUDGET_SECONDS), ("budget_fe", MAX_BUDGET_FE)):
+        try:
+            v = check_number(p[key], f"param {key}")
+        except InputError as e:
+            raise _bad(str(e)) from None
+        if v < 0 or v > cap:
+            raise _bad(f"param {key} must be in [0, {cap:g}] (0: no limit); got {p[key]!r}")
+        if v > 0:
+            out[key] = v
+    return out
+
+
 def parse_requests(model_input: Any, params: dict | None = None) -> list[DesignRequest]:
     """Checked DesignRequests from the served input and params (MlflowException 400 if bad)."""
     params = dict(params or {})
     unknown = sorted(set(params) - set(PARAM_DEFAULTS))
     if unknown:
         raise _bad(f"unknown param(s) {unknown}; allowed: {sorted(PARAM_DEFAULTS)}")
-    base = {**PARAM_DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
+    base = {**ROW_PARAMS, **{k: v for k, v in params.items() if k in ROW_PARAMS and v is not None},
+            **_request_params(params)}
     df = _rows(model_input)
     out = []
     for i, row in enumerate(df.to_dict("records")):
@@ -127,7 +163,10 @@ def parse_requests(model_input: Any, params: dict | None = None) -> list[DesignR
             out.append(parse_request(spec, f"row {i}", max_candidates=MAX_CANDIDATES, max_top_k=MAX_TOP_K,
                                      space=SPACE))
         except InputError as e:
-            raise _bad(str(e)) from None
+            text = str(e)
+            for key in ("method", "objective", "options", "tolerance"):
+                text = text.replace(f"row {i}.{key}", f"param {key}")
+            raise _bad(text) from None
     return out
 
 
@@ -148,26 +187,37 @@ class DesignerPyfunc(mlflow.pyfunc.PythonModel):
     """Inverse designer: requests in, ranked FE-verified designs out."""
 
     def load_context(self, context):
-        self.models = pipeline.load_surrogates(context.artifacts)
+        self.models = pipeline.load_surrogates(context.artifacts, SPACE)
+        self.variances = dict((getattr(context, "model_config", None) or {}).get("variances") or {})
 
     def predict(self, context, model_input, params=None):
         reqs = parse_requests(model_input, params)
         if getattr(self, "models", None) is None:
             self.load_context(context)
-        return result_frame([pipeline.design(SPACE, self.models, r) for r in reqs])
+        out = []
+        for r in reqs:
+            variances = None
+            if r.objective == "scaled":
+                variances = self.variances.get("cells" if r.conditions is None else "tilings")
+                if variances is None:
+                    raise _bad("param objective 'scaled' needs the train-split variances, which this designer "
+                               "was logged without")
+            out.append(pipeline.design(SPACE, self.models, r, variances=variances))
+        return result_frame(out)
 
 
 def signature():
-    """Params schema (n_candidates, top_k, seed, mse_threshold) and the output columns; inputs are
-    checked by the model itself (named columns, row-level messages)."""
+    """Params schema (PARAM_DEFAULTS) and the output columns; inputs are checked by the model itself
+    (named columns, row-level messages)."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-    types = {"request": "long", "rank": "long", "within_threshold": "boolean", "pareto": "boolean",
-             "best_effort": "boolean", **{c: "long" for c in (*SPACE.variables, *SPACE.conditions, *COUNT_COLUMNS)}}
+    types = {"request": "long", "rank": "long", "within_threshold": "boolean", "within_tolerance": "boolean",
+             "pareto": "boolean", "best_effort": "boolean",
+             **{c: "long" for c in (*SPACE.variables, *SPACE.conditions, *COUNT_COLUMNS)}}
     outputs = Schema([ColSpec(types.get(c, "double"), c) for c in OUTPUT_COLUMNS])
-    params = ParamSchema([ParamSpec(k, "long" if isinstance(v, int) else "double", v)
-                          for k, v in PARAM_DEFAULTS.items()])
+    kind = {str: "string", int: "long", float: "double"}
+    params = ParamSchema([ParamSpec(k, kind[type(v)], v) for k, v in PARAM_DEFAULTS.items()])
     return ModelSignature(inputs=None, outputs=outputs, params=params)
 
 
@@ -184,9 +234,11 @@ mlflow.models.set_model(DesignerPyfunc())
 ROLES = ("generator", "conditioned", "forward")
 
 
-def log_designer(keras_paths: dict, name: str = "designer", metadata: dict | None = None):
+def log_designer(keras_paths: dict, name: str = "designer", metadata: dict | None = None,
+                 variances: dict | None = None):
     """Log the designer with copies of the space's .keras files (roles generator, conditioned,
-    forward) into the active run; returns MLflow's ModelInfo."""
+    forward) into the active run; `variances` ({"cells": [...], "tilings": [...]}, the train
+    splits' property variances) enable the scaled objective. Returns MLflow's ModelInfo."""
     from deepdram.mlops.pyfuncs import _package_copy, pip_requirements
     from deepdram.mlops.tracking import configure
 
@@ -207,4 +259,5 @@ def log_designer(keras_paths: dict, name: str = "designer", metadata: dict | Non
                 name=name, python_model=str(script),
                 artifacts={k: str(Path(keras_paths[k]).resolve()) for k in ROLES},
                 signature=signature(), pip_requirements=pip_requirements(("scipy", "numba", "manifold3d")),
-                code_paths=[str(code)], metadata=meta)
+                code_paths=[str(code)], metadata=meta,
+                model_config={"variances": {k: [float(x) for x in v] for k, v in (variances or {}).items()}})

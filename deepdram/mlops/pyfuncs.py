@@ -204,28 +204,13 @@ def validate_input(kind: str, model_input: Any, space_name: str = DEFAULT_SPACE,
 # --- Pyfunc models ------------------------------------------------------------------------------
 
 
-def _load_keras(path: str):
-    """Load a .keras file after registering deepdram's custom layers."""
-    import_error = None
-    try:
-        import deepdram.learn.layers  # noqa: F401  (registers the custom layers)
-        import deepdram.spaces.lattice.layers  # noqa: F401
-    except ModuleNotFoundError as e:
-        if not (e.name or "").startswith("deepdram"):
-            import_error = e
-    except Exception as e:  # a broken layers module: plain Keras models still load
-        import_error = e
+def _load_keras(path: str, space: str = DEFAULT_SPACE):
+    """Load a .keras file with deepdram's generic layers and the space's own ones registered."""
     import keras
 
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as e:
-        if import_error is not None:
-            raise RuntimeError(
-                f"could not load {path}: {e} (importing deepdram's layer modules, which register the "
-                f"custom layers, failed: {import_error!r})"
-            ) from e
-        raise
+    import deepdram.learn.layers  # noqa: F401  (registers the generic custom layers)
+
+    return keras.saving.load_model(path, compile=False, custom_objects=get_space(space).keras_objects())
 
 
 def _call(model, x: np.ndarray, batch_size: int) -> np.ndarray:
@@ -249,7 +234,7 @@ class KerasPyfunc(mlflow.pyfunc.PythonModel):
         self.model = None
 
     def load_context(self, context):
-        self.model = _load_keras(context.artifacts[ARTIFACT_KEY])
+        self.model = _load_keras(context.artifacts[ARTIFACT_KEY], self.space)
 
     @property
     def latent(self) -> int:
@@ -258,7 +243,7 @@ class KerasPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):
         if self.model is None:  # predict without load_context (not via mlflow)
-            self.model = _load_keras(context.artifacts[ARTIFACT_KEY])
+            self.model = _load_keras(context.artifacts[ARTIFACT_KEY], self.space)
         x = validate_input(self.kind, model_input, self.space, self.latent)
         out_cols = list(output_columns(self.space, self.kind))
         if len(x) == 0:
@@ -325,7 +310,7 @@ mlflow.models.set_model(KerasPyfunc("{kind}", "{space}"))
 
 def _latent_of(keras_path: Path, space: str) -> int:
     """The latent size of a saved generator (its input width minus the space's properties)."""
-    return int(_load_keras(str(keras_path)).input_shape[-1]) - get_space(space).n_properties
+    return int(_load_keras(str(keras_path), space).input_shape[-1]) - get_space(space).n_properties
 
 
 def log_model(kind: str, keras_path, name: str = "model", registered_model_name: str | None = None,

@@ -279,6 +279,36 @@ class DesignSpace(ABC):
         return {}, None
 
     ranking_extras: ClassVar[tuple[str, ...]] = ()  # oracle extras the ranking needs
+    # The engineer's acceptance test: group -> (property columns, "relative" | "absolute", default).
+    tolerance_groups: ClassVar[dict[str, tuple[tuple[str, ...], str, float]]] = {}
+
+    def parse_constraints(self, spec: Mapping, where: str) -> dict[str, Any]:
+        """Space-specific constraints of a design request (e.g. the composite's soft fraction)."""
+        return {}
+
+    def sample_for(self, n: int, rng: np.random.Generator, constraints: Mapping[str, Any]) -> np.ndarray:
+        """n random valid designs that meet a request's constraints (random designs for the methods)."""
+        return self.sample(n, rng.integers(2**32), **dict(constraints))
+
+    def repair(self, designs: np.ndarray, rng: np.random.Generator, constraints: Mapping[str, Any]) -> np.ndarray | None:
+        """Designs changed minimally to meet the constraints, or None when the space has no repair
+        (then invalid designs are scored as unfit)."""
+        return None
+
+    def binarised_counts(self, x: np.ndarray, constraints: Mapping[str, Any] | None = None) -> list[int]:
+        """How many ones to rank relaxed variables to when binarising (topology optimisation)."""
+        if not self.binary:
+            return []
+        n = self.constrained_ones(constraints or {})
+        return [n] if n is not None else [int(round(float(np.sum(x[0]))))]
+
+    def constrained_ones(self, constraints: Mapping[str, Any]) -> int | None:
+        """How many variables are 1 in every design meeting the constraints (None: free)."""
+        return None
+
+    def meets(self, designs: np.ndarray, constraints: Mapping[str, Any]) -> np.ndarray:
+        """(N,) True where designs meet the request's constraints."""
+        return np.ones(len(designs), bool)
 
     # --- symmetries ----------------------------------------------------------------------------
 
@@ -309,13 +339,22 @@ class DesignSpace(ABC):
         """FE (or exact) properties of N designs (at N conditions); `extras` names optional outputs."""
 
     extra_outputs: ClassVar[tuple[str, ...]] = ()  # names `evaluate` accepts in `extras`
-    has_gradient: ClassVar[bool] = False
+    has_gradient: ClassVar[bool] = False  # `gradient` is implemented (exact, e.g. by the adjoint method)
+    relaxed_init: ClassVar[float] = 0.5  # where a relaxed (topology) optimisation starts
 
-    def gradient(self, weights: np.ndarray, conditions=None) -> tuple[np.ndarray, np.ndarray]:
+    def relaxed_properties(self, x: np.ndarray, conditions=None, **options) -> np.ndarray:
+        """(N, P) oracle properties of relaxed designs (binary spaces: variables in [0, 1])."""
+        raise NotImplementedError(f"the {self.name} space has no relaxed oracle")
+
+    def gradient(self, x: np.ndarray, conditions=None, **options) -> tuple[np.ndarray, np.ndarray]:
         """(properties (N, P), d properties / d relaxed variables (N, P, n_variables)) where supported."""
         raise NotImplementedError(f"the {self.name} space has no oracle gradient")
 
     # --- learning ---------------------------------------------------------------------------------
+
+    def keras_objects(self) -> dict:
+        """The space's own Keras layers by registered name (what loading its saved models needs)."""
+        return {}
 
     table_order: ClassVar[tuple[str, ...] | None] = None  # display order of regression tables
     class_names: ClassVar[tuple[str, ...]] = ()  # names of `classify`'s classes, if any

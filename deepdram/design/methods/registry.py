@@ -1,22 +1,53 @@
-"""Design methods by name: `get("cvae")`. Each method is imported only when asked for."""
+"""Design methods by name: `get("cvae")`. Each method is imported only when asked for.
+
+Built in: cvae (Deep-DRAM, the default), backprop (GIDN: gradients through the surrogate),
+active (GIDN active learning with the FE oracle), ga (genetic algorithm), topopt (gradient
+topology optimisation with exact adjoint gradients), random (valid random designs, the floor).
+`register(cls)` adds a method of your own (see the README, "How to add a design method").
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from deepdram.design.methods.base import Method
 from deepdram.errors import InputError
 from deepdram.spaces.base import DesignSpace
 
-NAMES = ("cvae",)
+NAMES = ("cvae", "backprop", "active", "ga", "topopt", "random")
 EXTRA: dict[str, type[Method]] = {}  # methods registered at run time (`register`), e.g. by a plugin
 
 
-def _load(name: str) -> type[Method]:
+def method_class(name: str) -> type[Method]:
+    """The class of method `name` (InputError naming the known ones otherwise)."""
+    if name in EXTRA:
+        return EXTRA[name]
     # One explicit import per method, so the static import closure of a caller sees them.
     if name == "cvae":
         from deepdram.design.methods.cvae import CVAEMethod
 
         return CVAEMethod
-    raise InputError(f"unknown method {name!r}")
+    if name == "backprop":
+        from deepdram.design.methods.backprop import BackpropMethod
+
+        return BackpropMethod
+    if name == "active":
+        from deepdram.design.methods.active import ActiveMethod
+
+        return ActiveMethod
+    if name == "ga":
+        from deepdram.design.methods.ga import GAMethod
+
+        return GAMethod
+    if name == "topopt":
+        from deepdram.design.methods.topopt import TopOptMethod
+
+        return TopOptMethod
+    if name == "random":
+        from deepdram.design.methods.random import RandomMethod
+
+        return RandomMethod
+    raise InputError(f"unknown method {name!r}; known: {', '.join(names())}")
 
 
 def names() -> tuple[str, ...]:
@@ -38,10 +69,11 @@ def check_method(name: str, space: DesignSpace, where: str = "method") -> None:
         raise InputError(f"{where} must be one of {list(names())}; got {name!r}")
 
 
+def check_options(name: str, options: Mapping, where: str = "options") -> dict:
+    """The method's checked options."""
+    return method_class(name).check_options(options, where)
+
+
 def get(name: str) -> Method:
     """A new instance of the method `name`."""
-    if name in EXTRA:
-        return EXTRA[name]()
-    if name not in NAMES:
-        raise InputError(f"unknown method {name!r}; known: {', '.join(names())}")
-    return _load(name)()
+    return method_class(name)()

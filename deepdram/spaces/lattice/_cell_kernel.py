@@ -1,8 +1,9 @@
 """Compiled unit-cell kernel: assemble, Cholesky-solve and post-process both load cases per design.
 
 Each design leaves 24 free DOFs per load case; the system is symmetric positive definite, so a
-24 x 24 Cholesky per load case suffices. The summed reaction on the moved edge is
-R = U (k_pp - k_f^T K_ff^-1 k_f), where k_f is the coupling of the free DOFs to the moved DOFs
+24 x 24 Cholesky per load case suffices. Beam e enters with stiffness multiplier w[e] (0/1 for a
+design, continuous for relaxed densities); beams with w[e] == 0 are skipped. The summed reaction
+on the moved edge is R = U (k_pp - k_f^T K_ff^-1 k_f), where k_f is the coupling of the free DOFs to the moved DOFs
 and U the imposed displacement; the transverse strain is a fixed linear functional of u_f.
 """
 
@@ -17,7 +18,7 @@ NF = 24  # free DOFs per load case
 
 
 @nb.njit(cache=True, nogil=True)
-def _solve_design(d, ke, kq, dofs, code, moved_value, gvec, ecoef, strain, sec, props, peak, bvm, disp, b,
+def _solve_design(w, ke, kq, dofs, code, moved_value, gvec, ecoef, strain, sec, props, peak, bvm, disp, b,
                   K, kf, x, u):
     want_peak = peak.shape[0] > 0
     want_beams = bvm.shape[0] > 0
@@ -28,8 +29,9 @@ def _solve_design(d, ke, kq, dofs, code, moved_value, gvec, ecoef, strain, sec, 
             for j in range(NF):
                 K[i, j] = 0.0
         kpp = 0.0
-        for e in range(d.shape[0]):
-            if d[e] == 0:
+        for e in range(w.shape[0]):
+            we = w[e]
+            if we == 0.0:
                 continue
             for p in range(6):
                 cp = code[c, dofs[e, p]]
@@ -39,7 +41,7 @@ def _solve_design(d, ke, kq, dofs, code, moved_value, gvec, ecoef, strain, sec, 
                     cq = code[c, dofs[e, q]]
                     if cq == -1:
                         continue
-                    v = ke[e, p, q]
+                    v = ke[e, p, q] * we  # exact for we == 1.0: 0/1 designs stay bitwise unchanged
                     if cp >= 0:
                         if cq >= 0:
                             K[cp, cq] += v
@@ -92,8 +94,9 @@ def _solve_design(d, ke, kq, dofs, code, moved_value, gvec, ecoef, strain, sec, 
                     disp[b, c, g] = u[g]
         if want_peak:
             vmax = 0.0
-            for e in range(d.shape[0]):
-                if d[e] == 0:
+            for e in range(w.shape[0]):
+                we = w[e]
+                if we == 0.0:
                     continue
                 f0 = 0.0
                 f1 = 0.0
@@ -105,6 +108,11 @@ def _solve_design(d, ke, kq, dofs, code, moved_value, gvec, ecoef, strain, sec, 
                     f1 += kq[e, 1, q] * uq
                     f2 += kq[e, 2, q] * uq
                     f5 += kq[e, 5, q] * uq
+                # a weighted beam carries w times the end forces of the full beam
+                f0 *= we
+                f1 *= we
+                f2 *= we
+                f5 *= we
                 # sec = [area, inertia, half thickness, Eb * strain] (SPEC section 3)
                 sig = abs(f0) / sec[0] + max(abs(f2), abs(f5)) * sec[2] / sec[1]
                 tau = 1.5 * abs(f1) / sec[0]
@@ -117,13 +125,15 @@ def _solve_design(d, ke, kq, dofs, code, moved_value, gvec, ecoef, strain, sec, 
 
 
 @nb.njit(cache=True, parallel=True, nogil=True)
-def cell_kernel(designs, ke, kq, dofs, code, moved_value, gvec, ecoef, props, peak, bvm, disp, strain, sec,
+def cell_kernel(weights, ke, kq, dofs, code, moved_value, gvec, ecoef, props, peak, bvm, disp, strain, sec,
                 nblocks):
     """Fill props (B, 4) and, where given non-empty, peak (B, 2), bvm (B, 42, 2), disp (B, 2, 48).
 
+    weights (B, 42) float64 are the beams' stiffness multipliers (a 0/1 design as floats).
+
     Designs are split into `nblocks` contiguous blocks, each with its own workspace.
     """
-    n = designs.shape[0]
+    n = weights.shape[0]
     nblocks = max(1, min(n, nblocks))
     for blk in nb.prange(nblocks):
         K = np.empty((NF, NF))
@@ -133,5 +143,5 @@ def cell_kernel(designs, ke, kq, dofs, code, moved_value, gvec, ecoef, props, pe
         start = blk * n // nblocks
         stop = (blk + 1) * n // nblocks
         for b in range(start, stop):
-            _solve_design(designs[b], ke, kq, dofs, code, moved_value, gvec, ecoef, strain, sec,
+            _solve_design(weights[b], ke, kq, dofs, code, moved_value, gvec, ecoef, strain, sec,
                           props, peak, bvm, disp, b, K, kf, x, u)

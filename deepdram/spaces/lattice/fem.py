@@ -7,8 +7,9 @@ from functools import lru_cache
 
 import numpy as np
 
+from deepdram.errors import InputError, first_rows
 from deepdram.spaces.lattice.constants import CELL_SIZE, N_BEAMS, N_NODES, SPEC_MATERIAL, Material
-from deepdram.spaces.lattice.geometry import BEAMS, NODE_XY, check_designs
+from deepdram.spaces.lattice.geometry import BEAMS, NODE_XY, check_designs, is_valid
 
 # --- Element (SPEC section 2; supplementary Eq. 2-5, CALFEM beam2te) ----------------------------
 
@@ -236,9 +237,33 @@ def _kernel():
     return cell_kernel
 
 
+def check_weights(weights, designs: np.ndarray, *, validate: bool = True, what: str = "weights") -> np.ndarray:
+    """(B, 42) float64 beam multipliers, finite, >= 0 and (with `validate`) connecting all nodes."""
+    try:
+        w = np.asarray(weights, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be numbers, one per beam (b00..b41)") from None
+    if w.ndim == 1:
+        w = w[None, :]
+    if w.shape != designs.shape:
+        raise InputError(f"{what} must have shape {designs.shape} like the designs; got {np.shape(weights)}")
+    bad = ~np.isfinite(w) | (w < 0)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise InputError(f"{what} must be finite and >= 0: row {r} beam {c} is {w[r, c].item()!r} "
+                         f"(rows with bad entries: {first_rows(bad.any(axis=1))})")
+    if validate:
+        ok = is_valid((designs != 0) & (w > 0))
+        if not ok.all():
+            raise InputError(f"{what} leave rows {first_rows(~ok)} disconnected: the beams with a positive "
+                             "weight must connect all 16 nodes")
+    return np.ascontiguousarray(w)
+
+
 def solve_cells(
     designs,
     *,
+    weights=None,
     stress: bool = False,
     per_beam: bool = False,
     displacements: bool = False,
@@ -247,8 +272,17 @@ def solve_cells(
     progress=None,
     material: Material = SPEC_MATERIAL,
 ) -> CellResult:
-    """Properties (and optionally stresses, displacements) of B unit cells, both load cases."""
+    """Properties (and optionally stresses, displacements) of B unit cells, both load cases.
+
+    `weights` (B, 42), default 1: beam k of a design enters with stiffness designs[k] * weights[k]
+    (continuous relaxed designs: all-ones designs and SIMP multipliers as weights); a weighted
+    beam's end forces, and so its stresses, scale with its weight.
+    """
     d = check_designs(designs, require_valid=validate)
+    if weights is None:
+        w = d.astype(np.float64)  # the 0/1 path: multipliers exactly 0.0 / 1.0
+    else:
+        w = d * check_weights(weights, d, validate=validate)
     ke, kq, dofs, code, moved_value, gvec, ecoef = _tables(material)
     sec = section_table(material)
     kernel = _kernel()
@@ -261,7 +295,7 @@ def solve_cells(
     for s in range(0, b, chunk):
         e = min(b, s + chunk)
         kernel(
-            d[s:e],
+            w[s:e],
             ke,
             kq,
             dofs,

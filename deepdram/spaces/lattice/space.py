@@ -96,6 +96,17 @@ class LatticeSpace(DesignSpace):
     request_keys: ClassVar[tuple[str, ...]] = SIZE_COLUMNS
     required_request_keys: ClassVar[tuple[str, ...]] = SIZE_COLUMNS
     ranking_extras: ClassVar[tuple[str, ...]] = ("vm",)
+    tolerance_groups: ClassVar[dict] = {"E": (("E11", "E22"), "relative", 0.10),
+                                        "nu": (("nu12", "nu21"), "absolute", 0.05)}
+
+    def sample_for(self, n: int, rng: np.random.Generator, constraints) -> np.ndarray:
+        """n random valid designs, each of a connectivity drawn uniformly from the five Z_g values."""
+        zgs = rng.choice(ZG_VALUES, size=n)
+        out = np.empty((n, len(BIT_COLUMNS)), np.uint8)
+        for z in np.unique(zgs):
+            rows = np.flatnonzero(zgs == z)
+            out[rows] = geometry.sample_designs(float(z), len(rows), int(rng.integers(2**32)), unique=False)
+        return out
 
     def request_size(self, values, where: str) -> tuple[int, int]:
         """(d1, d2): both even in [2, 20] (a tiling), or both 1 (a unit cell)."""
@@ -165,7 +176,33 @@ class LatticeSpace(DesignSpace):
             out.extras["vm"] = np.asarray(r.peak_vm, float)
         return out
 
+    has_gradient: ClassVar[bool] = True
+
+    def relaxed_properties(self, x: np.ndarray, conditions=None, *, penalty: float = 3.0, **options) -> np.ndarray:
+        """(N, 4) properties of beam densities in [0, 1] (SIMP stiffness; `spaces.lattice.relaxed`)."""
+        from deepdram.spaces.lattice import relaxed
+
+        d1, d2 = (None, None) if conditions is None else conditions
+        return relaxed.properties(np.atleast_2d(x), d1, d2, penalty=penalty)
+
+    def gradient(self, x: np.ndarray, conditions=None, *, penalty: float = 3.0, **options):
+        """(properties (N, 4), d properties / d densities (N, 4, 42)) by the adjoint method."""
+        from deepdram.spaces.lattice import relaxed
+
+        d1, d2 = (None, None) if conditions is None else conditions
+        return relaxed.gradient(np.atleast_2d(x), d1, d2, penalty=penalty)
+
+    def binarised_counts(self, x: np.ndarray, constraints=None) -> list[int]:
+        """The five Z_g beam counts and the rounded density sum."""
+        counts = {geometry.beams_for_zg(z) for z in ZG_VALUES} | {int(round(float(np.sum(x[0]))))}
+        return sorted(c for c in counts if 15 <= c <= len(BIT_COLUMNS))
+
     # --- learning ---------------------------------------------------------------------------------
+
+    def keras_objects(self) -> dict:
+        from deepdram.spaces.lattice.layers import Homogenization
+
+        return {"deepdram>Homogenization": Homogenization}
 
     def feature_set(self, name: str) -> FeatureSet | None:
         if name == "homogenized":

@@ -5,7 +5,9 @@ the condensed matrix is the same for all cells; two copies of a block merge into
 by condensing out their shared interface, and a d1 x d2 tiling is built in O(log d1 + log d2)
 merges, batched over many designs of the same size. Beams on an edge shared by two cells are one
 beam (SPEC section 4): each cell carries half of the union of its two opposite edge beams, and the
-tiling's outer edges are corrected to the cell's own beams at the end. Both load cases are solved
+tiling's outer edges are corrected to the cell's own beams at the end. With continuous stiffness
+multipliers (relaxed densities) a cell's beams enter with their own multiplier, except that a beam
+on an edge shared by two cells enters once with the shared multiplier given for that edge. Both load cases are solved
 on the condensed outer-boundary system; displacements inside are recovered only when stresses
 are asked for.
 """
@@ -18,9 +20,10 @@ from functools import lru_cache
 
 import numpy as np
 
+from deepdram.errors import InputError, first_rows
 from deepdram.spaces.lattice._blockops import gather, scatter_add
 from deepdram.spaces.lattice.constants import CELL_SIZE, N_BEAMS, SPEC_MATERIAL, Material
-from deepdram.spaces.lattice.fem import element_dofs, element_matrices, von_mises
+from deepdram.spaces.lattice.fem import check_weights, element_dofs, element_matrices, von_mises
 from deepdram.spaces.lattice.geometry import BEAMS, NODE_IJ, NODE_XY, check_designs, check_size
 
 _DOF3 = np.arange(3)
@@ -129,11 +132,26 @@ def _topological(root: Shape) -> list[Shape]:
 # --- Numerics ---------------------------------------------------------------------------------
 
 
-def cell_weights(designs: np.ndarray) -> np.ndarray:
-    """Beam weights of the repeated cell: perimeter beams carry half the union with the opposite edge."""
+def multipliers(designs: np.ndarray, weights: np.ndarray | None = None, shared_weights: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(own, shared) (B, 42) stiffness multipliers of a cell's beams and of the beam on a shared edge.
+
+    own = designs * weights (default 1); a perimeter beam on an edge shared with the neighbouring
+    cell is one beam of multiplier max(designs_e, designs_o) * shared_weights (o = OPPOSITE[e];
+    default shared_weights: max(own_e, own_o), the SPEC's union at 0/1).
+    """
     d = designs.astype(float)
-    union = np.maximum(d, d[:, OPPOSITE])
-    return np.where(ON_PERIMETER, 0.5 * union, d)
+    if weights is None and shared_weights is None:
+        return d, np.maximum(d, d[:, OPPOSITE])  # the 0/1 path, bitwise as before
+    own = d if weights is None else d * weights
+    present = np.maximum(d, d[:, OPPOSITE])
+    shared = np.maximum(own, own[:, OPPOSITE]) if shared_weights is None else shared_weights
+    return own, present * shared
+
+
+def cell_weights(own: np.ndarray, shared: np.ndarray) -> np.ndarray:
+    """Beam weights of the repeated cell: perimeter beams carry half the shared edge's beam."""
+    return np.where(ON_PERIMETER, 0.5 * shared, own)
 
 
 def _condense(s: np.ndarray, kept: np.ndarray, elim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -191,12 +209,12 @@ def _outer_corrections(d1: int, d2: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array(own), np.array(dof_rows)
 
 
-def _apply_corrections(s: np.ndarray, designs: np.ndarray, d1: int, d2: int, material: Material) -> None:
-    """Make outer-edge beams count as the cell's own beams, not the half union."""
+def _apply_corrections(s: np.ndarray, own_w: np.ndarray, shared_w: np.ndarray, d1: int, d2: int,
+                       material: Material) -> None:
+    """Make outer-edge beams count as the cell's own beams, not half the shared edge's beam."""
     own, rows = _outer_corrections(d1, d2)
     ke, _ = _cell_element_matrices(material)
-    d = designs.astype(float)
-    wt = d[:, own] - 0.5 * np.maximum(d[:, own], d[:, OPPOSITE[own]])  # (bt, m)
+    wt = own_w[:, own] - 0.5 * shared_w[:, own]  # (bt, m)
     n = s.shape[1]
     flat = (rows[:, :, None] * n + rows[:, None, :]).reshape(len(own), 36)
     vals = wt[:, :, None] * ke[own].reshape(len(own), 36)[None]
@@ -283,8 +301,12 @@ def _recover(root: Shape, recover: dict[int, np.ndarray], ub: np.ndarray, d1: in
     return u
 
 
-def _peak_stress(designs: np.ndarray, u: np.ndarray, d1: int, d2: int, material: Material) -> np.ndarray:
-    """Peak normalised von Mises over the tiling's beams, (bt,), from all nodal displacements."""
+def _peak_stress(own_w: np.ndarray, shared_w: np.ndarray, u: np.ndarray, d1: int, d2: int, material: Material
+                 ) -> np.ndarray:
+    """Peak normalised von Mises over the tiling's beams, (bt,), from all nodal displacements.
+
+    A weighted beam carries its multiplier times the full beam's end forces.
+    """
     _, kq = _cell_element_matrices(material)
     nx = 3 * d1 + 1
     a, b = np.meshgrid(np.arange(d1), np.arange(d2), indexing="ij")
@@ -296,9 +318,8 @@ def _peak_stress(designs: np.ndarray, u: np.ndarray, d1: int, d2: int, material:
     shared = np.zeros((len(a), N_BEAMS), bool)
     for e, edge in EDGE_OF_BEAM.items():
         shared[:, e] = {"bottom": b > 0, "top": b < d2 - 1, "left": a > 0, "right": a < d1 - 1}[edge]
-    d = designs.astype(bool)
-    exists = d[:, None, :] | (shared[None] & d[:, OPPOSITE][:, None, :])
-    return np.where(exists, vm, 0.0).max(axis=(1, 2))
+    mult = np.where(shared[None], shared_w[:, None, :], own_w[:, None, :])  # (bt, cells, 42)
+    return np.where(mult > 0, vm * mult, 0.0).max(axis=(1, 2))
 
 
 @dataclass
@@ -319,20 +340,27 @@ def _batch_size(d1: int, d2: int, budget_bytes: float = 2.5e8) -> int:
 
 
 def solve_same_size(designs: np.ndarray, d1: int, d2: int, *, stress: bool = False,
-                    material: Material = SPEC_MATERIAL):
+                    material: Material = SPEC_MATERIAL, weights: np.ndarray | None = None,
+                    shared_weights: np.ndarray | None = None):
     """Properties (B, 4) and, with `stress`, peak von Mises (B, 2) of designs tiled d1 x d2."""
     root = block_shape(d1, d2)
-    s, recover = _build(root, cell_weights(designs), material)
-    _apply_corrections(s, designs, d1, d2, material)
+    own_w, shared_w = multipliers(designs, weights, shared_weights)
+    s, recover = _build(root, cell_weights(own_w, shared_w), material)
+    _apply_corrections(s, own_w, shared_w, d1, d2, material)
     props, ub = _solve_cases(s, d1, d2, material)
     if not stress:
         return props, None
-    peak = np.stack([_peak_stress(designs, _recover(root, recover, ub[c], d1, d2), d1, d2, material)
+    peak = np.stack([_peak_stress(own_w, shared_w, _recover(root, recover, ub[c], d1, d2), d1, d2, material)
                      for c in (0, 1)], axis=1)
     return props, peak
 
 
-def _solve_threaded(designs: np.ndarray, d1: int, d2: int, stress: bool, threads: int, material: Material):
+def _rows(a: np.ndarray | None, p: np.ndarray) -> np.ndarray | None:
+    return None if a is None else a[p]
+
+
+def _solve_threaded(designs: np.ndarray, d1: int, d2: int, stress: bool, threads: int, material: Material,
+                    weights: np.ndarray | None = None, shared_weights: np.ndarray | None = None):
     """solve_same_size over `threads` slices of the batch, each thread with single-threaded BLAS.
 
     The dense blocks are a few hundred wide, too small for BLAS to use two cores well; splitting
@@ -344,19 +372,42 @@ def _solve_threaded(designs: np.ndarray, d1: int, d2: int, stress: bool, threads
 
     parts = [p for p in np.array_split(np.arange(len(designs)), threads) if len(p)]
     with threadpool_limits(1), ThreadPoolExecutor(len(parts)) as pool:
-        outs = list(pool.map(lambda p: solve_same_size(designs[p], d1, d2, stress=stress, material=material), parts))
+        outs = list(pool.map(lambda p: solve_same_size(designs[p], d1, d2, stress=stress, material=material,
+                                                       weights=_rows(weights, p),
+                                                       shared_weights=_rows(shared_weights, p)), parts))
     props = np.concatenate([o[0] for o in outs])
     return props, (np.concatenate([o[1] for o in outs]) if stress else None)
 
 
-def solve_tilings(designs, d1, d2, *, stress: bool = False, strict: bool = True, validate: bool = True,
-                  threads: int | None = None, progress=None, material: Material = SPEC_MATERIAL) -> TilingResult:
+def check_shared_weights(shared_weights, designs: np.ndarray) -> np.ndarray:
+    """(B, 42) float64 shared-edge multipliers: finite, >= 0, equal on opposite perimeter beams."""
+    w = check_weights(shared_weights, designs, validate=False, what="shared_weights")
+    odd = ON_PERIMETER & (w != w[:, OPPOSITE])
+    if odd.any():
+        r, c = np.argwhere(odd)[0]
+        raise InputError(f"shared_weights must be equal on opposite edge beams (one shared beam): row {r} has "
+                         f"{w[r, c].item()!r} at beam {c} but {w[r, OPPOSITE[c]].item()!r} at beam {OPPOSITE[c]} "
+                         f"(rows: {first_rows(odd.any(axis=1))})")
+    return w
+
+
+def solve_tilings(designs, d1, d2, *, weights=None, shared_weights=None, stress: bool = False,
+                  strict: bool = True, validate: bool = True, threads: int | None = None, progress=None,
+                  material: Material = SPEC_MATERIAL) -> TilingResult:
     """Solve N (design, d1, d2) rows; rows are grouped by size and batched over designs.
 
-    `threads` (default: all cores) splits large batches between threads; 1 keeps one thread.
+    `weights` (N, 42), default 1: a cell's beam k has stiffness multiplier designs[k] * weights[k].
+    A beam on an edge shared by two cells (perimeter beam k and its OPPOSITE o in the neighbour) is
+    one beam of multiplier max(designs[k], designs[o]) * shared_weights[k]; `shared_weights` (N, 42)
+    must be equal at k and o and defaults to max of the two own multipliers (the SPEC's union at
+    0/1); its entries off the perimeter are unused. Beams on the tiling's outer edges keep their
+    own multiplier. `threads` (default: all cores) splits large batches between threads; 1 keeps
+    one thread.
     """
     d = check_designs(designs, require_valid=validate)
     n = len(d)
+    wts = None if weights is None else check_weights(weights, d, validate=validate)
+    swts = None if shared_weights is None else check_shared_weights(shared_weights, d)
     d1, d2 = (np.broadcast_to(np.asarray(v), (n,)) for v in (d1, d2))
     check_size(d1, d2, strict=strict)
     d1, d2 = d1.astype(np.int64), d2.astype(np.int64)
@@ -370,9 +421,10 @@ def solve_tilings(designs, d1, d2, *, stress: bool = False, strict: bool = True,
         for s in range(0, len(rows), step):
             r = rows[s : s + step]
             if threads > 1 and len(r) > 1 and w * h >= _THREADED_MIN_CELLS:
-                p, pk = _solve_threaded(d[r], w, h, stress, threads, material)
+                p, pk = _solve_threaded(d[r], w, h, stress, threads, material, _rows(wts, r), _rows(swts, r))
             else:
-                p, pk = solve_same_size(d[r], w, h, stress=stress, material=material)
+                p, pk = solve_same_size(d[r], w, h, stress=stress, material=material, weights=_rows(wts, r),
+                                        shared_weights=_rows(swts, r))
             props[r] = p
             if stress:
                 peak[r] = pk

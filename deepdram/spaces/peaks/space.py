@@ -55,6 +55,10 @@ class PeaksSpace(DesignSpace):
     variable_bounds: ClassVar[tuple[float, float]] = (LOW, HIGH)
     validity_rule: ClassVar[str] = f"x and y must lie in [{LOW:g}, {HIGH:g}]"
     has_gradient: ClassVar[bool] = True
+    relaxed_init: ClassVar[float] = 0.0
+    needs_target: ClassVar[bool] = False
+    default_objective: ClassVar[str] = "min-z"
+    noun: ClassVar[str] = "the peaks function"
 
     def sample(self, n: int, seed: int | Sequence[int], **options) -> np.ndarray:
         """n points uniform in the box."""
@@ -80,9 +84,14 @@ class PeaksSpace(DesignSpace):
             progress(len(d))
         return Evaluation(z)
 
-    def gradient(self, weights: np.ndarray, conditions=None) -> tuple[np.ndarray, np.ndarray]:
+    def relaxed_properties(self, x: np.ndarray, conditions=None, **options) -> np.ndarray:
+        """z of (N, 2) points (the oracle itself: the variables are continuous)."""
+        d = self.check_designs(x, require_valid=False)
+        return peaks(d[:, 0], d[:, 1])[:, None]
+
+    def gradient(self, x: np.ndarray, conditions=None, **options) -> tuple[np.ndarray, np.ndarray]:
         """(z (N, 1), dz/d(x, y) (N, 1, 2))."""
-        d = self.check_designs(weights, require_valid=False)
+        d = self.check_designs(x, require_valid=False)
         gx, gy = peaks_gradient(d[:, 0], d[:, 1])
         return peaks(d[:, 0], d[:, 1])[:, None], np.stack([gx, gy], axis=1)[:, None, :]
 
