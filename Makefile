@@ -12,9 +12,10 @@ export DO_NOT_TRACK := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install data repro test test-fast bench ui serve clean
+.PHONY: help install services data repro test test-fast bench bench-scale ui serve clean
 TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 UI_PORT ?= 5000
+SCALE_TRIALS ?= 2000
 MODEL ?= deepdram-forward
 PORT ?= 5001
 
@@ -33,22 +34,29 @@ $(STAMP): pyproject.toml requirements-lock.txt
 
 install: $(STAMP) ## Create .venv if missing and install deepdram with its test extras (pinned)
 
+services: ## Install the PostgreSQL server and Chromium the tests use, if missing (apt-get; idempotent)
+	@bash scripts/setup_services.sh
+
 data: $(STAMP) ## Restore data/ (curated inputs tracked by data.dvc) from the committed DVC remote
 	$(VENV)/bin/dvc pull --quiet data.dvc
 
 repro: data ## Run the whole DVC pipeline on the default profile (params.yaml)
 	$(VENV)/bin/dvc repro
 
-test: data ## Run the whole test suite (what CI runs)
+test: data services ## Run the whole test suite (what CI runs; PostgreSQL and UI tests included)
 	$(PY) -m pytest
 
 test-fast: data ## Run the test suite without the slow end-to-end tests
 	$(PY) -m pytest -m "not slow"
 
-bench: $(STAMP) ## Run the benchmarks and print measured figures against their targets
+bench: $(STAMP) services ## Run the benchmarks and print measured figures against their targets
 	$(PY) benchmarks/bench_fem.py
 	$(PY) benchmarks/bench_design.py
 	$(PY) benchmarks/bench_tuning.py
+	$(PY) benchmarks/bench_mlflow_scale.py --trials $(SCALE_TRIALS)
+
+bench-scale: $(STAMP) services ## MLflow at the paper's scale alone: make bench-scale [SCALE_TRIALS=2000]
+	$(PY) benchmarks/bench_mlflow_scale.py --trials $(SCALE_TRIALS)
 
 ui: $(STAMP) ## Start the MLflow UI on http://127.0.0.1:5000 (project store: mlruns/mlflow.db)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(UI_PORT)

@@ -1,7 +1,7 @@
 """Search efficiency: the paper's full grid vs Optuna (TPE + median pruning) on one reduced space.
 
 Same data (a fixed subset of the forward model's train split), same 3 folds, same per-config
-training (deepdram.tuning.cross_validate). Prints the grid's best CV R2, then how many Optuna
+training (deepdram.learn.search.objective.cross_validate). Prints the grid's best CV R2, then how many Optuna
 trials and training epochs it took to get within `--tol` R2 of it (target: <= 25 % of the grid's
 epochs), and the MLflow logging overhead per trial (nested child run: create, one log_batch,
 terminate) measured on a temporary sqlite store.
@@ -34,8 +34,25 @@ SPACE = {  # 2 x 3 x 2 x 2 x 2 = 48 configurations of Table 5's space
 FIXED = {"scaling": "minmax", "shape": "triangle", "batch_norm": False}
 
 
+def _search():
+    """The tuning API (deepdram.learn.search) under the names this benchmark uses."""
+    from types import SimpleNamespace
+
+    from deepdram.learn.search import config, objective, optuna_backend, trials
+    from deepdram.spaces.lattice.space import LatticeSpace
+
+    space = LatticeSpace()
+
+    def cross_validate(cfg, values, data, folds, report=None):
+        return objective.cross_validate(cfg, values, data, folds, report, space=space)
+
+    return SimpleNamespace(TuneConfig=config.TuneConfig, TrialFailed=config.TrialFailed, kfold=objective.kfold,
+                           CVResult=objective.CVResult, cross_validate=cross_validate, _suggest=optuna_backend._suggest,
+                           parent_run=trials.parent_run, TrialLogger=trials.TrialLogger)
+
+
 def _cfg(rows: int, epochs: int, seed: int):
-    from deepdram import tuning
+    tuning = _search()
 
     return tuning.TuneConfig(model="forward", trials=0, seed=seed, folds=3, rows=rows,
                              fit={"epochs": epochs, "batch_size": 128, "learning_rate": 0.002},
@@ -45,18 +62,19 @@ def _cfg(rows: int, epochs: int, seed: int):
 def _data(rows: int, seed: int):
     import pandas as pd
 
-    from deepdram import constants as C
-    from deepdram.training import cell_xy, subsample
+    from deepdram.learn.training import subsample, xy
+    from deepdram.paths import SPLITS_DIR
+    from deepdram.spaces.lattice.space import LatticeSpace
 
-    path = C.SPLITS_DIR / "train.parquet"
+    path = SPLITS_DIR / "train.parquet"
     if not path.exists():
         sys.exit(f"bench_tuning: {path} is missing; run the data stages first (make repro)")
-    return {"": subsample(*cell_xy(pd.read_parquet(path)), rows, seed)}
+    return {"": subsample(*xy(LatticeSpace(), pd.read_parquet(path)), rows, seed)}
 
 
 def run_grid(cfg, data, folds) -> tuple[list[tuple[dict, float]], int]:
     """Every configuration of SPACE, 3-fold CV: [(values, score)], total epochs."""
-    from deepdram import tuning
+    tuning = _search()
 
     out, epochs = [], 0
     keys = list(SPACE)
@@ -76,7 +94,7 @@ def run_optuna(cfg, data, folds, target: float, max_trials: int, seed: int) -> d
     """TPE + median pruner (duplicates answered from the study) until a trial reaches `target`."""
     import optuna
 
-    from deepdram import tuning
+    tuning = _search()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize",
@@ -114,7 +132,9 @@ def run_optuna(cfg, data, folds, target: float, max_trials: int, seed: int) -> d
 
 def mlflow_overhead(n: int = 100) -> float:
     """Seconds per trial of the nested-run logging (create, one log_batch, terminate), sqlite store."""
-    from deepdram import tracking, tuning
+    from deepdram.mlops import tracking
+
+    tuning = _search()
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tmp, 'mlflow.db').as_posix()}"
@@ -142,7 +162,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tol", type=float, default=0.002)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    from deepdram import tuning
+    tuning = _search()
 
     per = mlflow_overhead()
     print(f"MLflow logging overhead: {per * 1000:.1f} ms per trial (nested run, batched)", flush=True)

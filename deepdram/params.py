@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from deepdram.design.methods.names import BUILT_IN
 from deepdram.errors import InputError
 from deepdram.spaces.lattice.constants import TILING_SIZES, ZG_VALUES
 
@@ -278,6 +279,9 @@ class Evaluate(Section):
     generator_k: PositiveInt
     generator_targets: PositiveInt
     tsne_points: PositiveInt
+    fresh_per_zg: PositiveInt = 2000
+    fresh_tilings: PositiveInt = 2000
+    fresh_seed: Seed = 20261201
 
 
 class Promote(Section):
@@ -292,6 +296,7 @@ class SweepProfile(Section):
     n_candidates: PositiveInt | None = None
     sizes: list[list[int]] | None = None
     target_stride: PositiveInt = 1
+    single_image: bool = False
 
     @field_validator("sizes")
     @classmethod
@@ -307,6 +312,7 @@ class SweepProfile(Section):
 
 class Design(Section):
     requests: list[str]
+    objective: Literal["mse", "scaled"] = "mse"
     n_candidates: PositiveInt | None = None
     sweep: str | None = None
     sweep_profile: SweepProfile = SweepProfile()
@@ -320,6 +326,162 @@ class Design(Section):
         if not all(v):
             raise ValueError("must be a list of request names (files in data/requests/, without .yaml)")
         return v
+
+
+def _method_names(methods: dict) -> dict:
+    """`methods` unless a name is not a built-in method. Names only: each stage checks the options
+    through the method registry before any work (importing it here would make every stage depend on
+    the methods' code); `deepdram params check` checks both."""
+    for name in methods:
+        if name not in BUILT_IN:
+            raise ValueError(f"has unknown method {name!r}; known: {', '.join(BUILT_IN)}")
+    return methods
+
+
+class CompareMethods(Section):
+    """The head-to-head of the design methods (`compare_methods`)."""
+
+    test_cells: Count = 2
+    tiling_sizes: list[list[int]] = [[4, 4], [10, 10], [20, 2]]
+    requests: list[str] = []
+    rare: bool = True
+    objective: Literal["mse", "scaled"] = "scaled"
+    n_candidates: PositiveInt = 20000
+    top_k: PositiveInt = 20
+    race_seconds: Annotated[float, Field(gt=0)] = 3.0
+    race_fe: PositiveInt = 100
+    fe_race_time_cap: Annotated[float, Field(gt=0)] | None = 20.0
+    seed: Seed = 0
+    methods: dict[str, dict[str, Any]]
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v):
+        if not v:
+            raise ValueError("must name at least one method")
+        return _method_names(v)
+
+
+class PeaksDemo(Section):
+    """The GIDN seed's peaks demonstration (`peaks_demo`)."""
+
+    points: PositiveInt = 10_000
+    train: PositiveInt = 8_000
+    epochs: PositiveInt = 100
+    batch_size: PositiveInt = 100
+    learning_rate: Annotated[float, Field(gt=0)] = 3e-3
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    n_starts: PositiveInt = 1000
+    sd: Annotated[float, Field(gt=0)] = 1.5
+    steps: PositiveInt = 300
+    lr: Annotated[float, Field(gt=0)] = 0.01
+    seed: Seed = 0
+
+
+# --- the composite space (GIDN, SPEC section 8) -------------------------------------------------------
+
+
+def _soft_fraction(v: float) -> float:
+    """A soft fraction that is a whole number of the 32 design cells."""
+    k = v * 32
+    if abs(k - round(k)) > 1e-9:
+        raise ValueError(f"must be a multiple of 1/32 (a whole number of the 32 cells), e.g. 0.125, 0.25; got {v!r}")
+    return v
+
+
+class Composite(Section):
+    """The composite system every composite stage reads: FE parameters and the soft fraction."""
+
+    m: PositiveInt = 1  # Q4 elements per cell side
+    ratio: Annotated[float, Field(gt=0)] = 10.0  # stiff / soft modulus
+    soft_fraction: Fraction = 0.125  # share of soft cells (the seed's volume fraction)
+
+    @field_validator("soft_fraction")
+    @classmethod
+    def _soft(cls, v: float) -> float:
+        return _soft_fraction(v)
+
+
+class CompositeBruteForce(Section):
+    shard_size: PositiveInt = 5000  # designs per Dask task / Parquet shard
+    bins: PositiveInt = 100  # histogram bins
+
+
+class CompositeData(Section):
+    groups: list[PositiveInt] = [100, 1000]  # nested training groups (the seed's Table S1)
+    test: PositiveInt = 2000  # held-out random designs
+    seed: Seed = 0
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v):
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"must be a non-empty list of distinct group sizes; got {v}")
+        return sorted(v)
+
+
+class CompositeTune(Tune):
+    """The seed's 28-structure study (depths x widths) as an Optuna study in MLflow."""
+
+    grid: bool = True  # try every configuration of the (list-valued) space first, as the seed did
+    space: dict[str, list[Any] | RangeSpec] = {"hidden_layers": [2, 4, 6, 8],
+                                               "first_width": [16, 32, 64, 128, 256, 512, 1024]}
+
+
+class CompositeTrain(Section):
+    source: Literal["paper", "tuned"] = "paper"  # paper: the seed's 6 x 64 (+ `model`); tuned: the study's best
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1  # of the training group, for the curves
+    model: dict[str, Any] = {}
+    tolerance: NonNegative = 0.01  # gated promotion on test R2
+    force: bool = False
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v):
+        from deepdram.learn.configs import RegressorConfig
+
+        _check_config(RegressorConfig, v)
+        return v
+
+
+class CompositeTable(Section):
+    """Table S1 / S2: a predictor per training group drives the backprop designer."""
+
+    n_starts: PositiveInt = 10000  # Gaussian starts (seed: 1,000,000)
+    steps: PositiveInt = 150  # Adam steps of the designer
+    lr: Annotated[float, Field(gt=0)] = 0.1
+    sd: Annotated[float, Field(gt=0)] = 1.5  # of the Gaussian starts (seed: 1.5)
+    model: dict[str, Any] = {}  # the per-group predictor: the seed's 6 x 64 with these overrides
+    seed: Seed = 0
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v):
+        from deepdram.learn.configs import RegressorConfig
+
+        _check_config(RegressorConfig, v)
+        return v
+
+
+class CompositeRace(Section):
+    """The head-to-head: every method under equal wall time, then under equal FE calls."""
+
+    repeats: PositiveInt = 3  # seeds per method
+    seconds: Annotated[float, Field(gt=0)] = 6.0  # equal-time budget per run
+    fe: PositiveInt = 2000  # equal-FE budget per run (verification included)
+    fe_time_cap: Annotated[float, Field(gt=0)] = 20.0  # bounds a slow method's wall time in the FE race
+    methods: dict[str, dict[str, Any]] = {}
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v):
+        return _method_names(v)
+
+
+class CompositeDesign(Section):
+    table: CompositeTable = CompositeTable()
+    race: CompositeRace = CompositeRace()
+    top_k: PositiveInt = 20  # designs verified by FE per head-to-head run of a surrogate method
 
 
 class Params(Section):
@@ -339,6 +501,14 @@ class Params(Section):
     evaluate: Evaluate
     promote: Promote
     design: Design
+    compare_methods: CompareMethods
+    peaks_demo: PeaksDemo
+    composite: Composite = Composite()
+    composite_brute_force: CompositeBruteForce = CompositeBruteForce()
+    composite_data: CompositeData = CompositeData()
+    composite_tune: CompositeTune = CompositeTune()
+    composite_train: CompositeTrain = CompositeTrain()
+    composite_design: CompositeDesign = CompositeDesign()
 
 
 SECTIONS = tuple(Params.model_fields)

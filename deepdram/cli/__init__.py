@@ -1,1 +1,1 @@
-"""cli"""
+"""The `deepdram` command line: one module per subcommand, heavy libraries imported when a command runs."""

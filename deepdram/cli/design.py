@@ -36,11 +36,13 @@ Methods (--method, options with --option NAME=VALUE):
   backprop  GIDN: Adam on sigmoid-relaxed designs through the surrogate from
             Gaussian starts, then binarised. Options: n_starts (1000), sd (1.5),
             steps (200), lr (0.1), n_ones (beam count to rank to; default:
-            threshold 0.5), count_penalty (1.0), single_image (true).
+            threshold 0.5), count_penalty (1.0), tau_end (0.2: sigmoid
+            temperature annealed from 1), single_image (true), record_paths.
   active    GIDN active learning: rounds of propose with the current surrogate
             -> FE -> update a per-request copy of it. Options: rounds (3),
             fe_per_round (20), proposer (backprop | cvae), epochs (30), lr
-            (0.001), proposer_starts (200), proposer_steps (60).
+            (0.001), proposer_starts (200), proposer_steps (60),
+            proposer_candidates (5000, the cvae proposer).
   ga        genetic algorithm: population (1000), parents (100), mutation
             (0.01), generations (1000), oracle (fe | surrogate); centre-point
             crossover, parents kept; invalid children are repaired where the

@@ -14,7 +14,9 @@ Work with the pipeline's parameters.
 
   check [FILE]          check params.yaml (or FILE) against the typed schema: an
                         unknown or misspelt key, a wrong type or an out-of-range
-                        value is reported with the key and section; exit 2.
+                        value is reported with the key and section; exit 2. The
+                        design methods' options are checked too (each stage
+                        also checks its own before any work).
   plan OVERRIDES        the params sections an overrides file changes and the DVC
                         stages that would rerun (those reading a changed section,
                         and everything downstream of them).
@@ -53,8 +55,13 @@ def run(args: argparse.Namespace) -> int:
     from deepdram.paths import PARAMS_PATH, REPO_ROOT
 
     if args.action == "check":
+        from deepdram.design.methods.registry import check_all_options
+
         path = Path(args.file) if args.file else PARAMS_PATH
-        schema.load(path)
+        loaded = schema.load(path)
+        # the method options, which the schema leaves to the stages (and their registry)
+        check_all_options(loaded.compare_methods.methods, f"{path.name}: compare_methods.methods")
+        check_all_options(loaded.composite_design.race.methods, f"{path.name}: composite_design.race.methods")
         if not args.quiet:
             print(f"{path}: all {len(schema.SECTIONS)} sections valid")
         return 0

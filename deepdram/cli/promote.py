@@ -18,7 +18,12 @@ or when both runs were evaluated on the same test split (the '{TEST_SET_TAG}' ta
 their runs) and the candidate's metric is at least the champion's minus
 --tolerance. Otherwise the champion stays; --force promotes anyway (e.g. to roll
 back to an older version). The decision and both metric sets are recorded as
-tags 'promotion.*' on the candidate version.
+tags 'promotion.*' on the candidate version, once: the same decision asked
+again is not recorded again.
+
+Promotions of one model take turns (a lock file next to the MLflow store): a
+second `deepdram promote` started meanwhile waits, then decides on what the
+first one left (typically: no challenger any more, exit code 2).
 """
 
 EPILOG = """\
@@ -52,4 +57,6 @@ def run(args: argparse.Namespace) -> int:
                               higher_is_better=not args.lower_is_better, tolerance=args.tolerance,
                               version=args.version, force=args.force)
     print(registry.format_decision(result))
+    if not result.get("recorded", True) and result["decision"] != "unchanged":
+        print(f"(the same decision is already recorded on version {result['candidate_version']}; not recorded again)")
     return 0

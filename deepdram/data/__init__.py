@@ -1,1 +1,1 @@
-"""data"""
+"""Datasets in general: tables, the one atomic writer, Dask shards, splits, resampling, Great Expectations validation."""

@@ -4,13 +4,19 @@ Write to a temporary file in the target's folder, flush it to disk, then `os.rep
 target. A crash or an exception leaves the old file (or nothing), never a partial one. Files get
 mode 0666 minus the umask (0644 normally): `mkstemp` alone would leave them 0600. A failure to
 write (full disk, read-only or unwritable folder) raises `OutputError` naming the path.
+
+`pause_point(name)` is the test hook for crash tests: with $DEEPDRAM_TEST_PAUSE_AT naming the
+point, the process writes a marker file and blocks there until it is killed (see its docstring).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,8 +40,29 @@ def output_mode() -> int:
     return 0o666 & ~_umask()
 
 
+def _reason(path: Path, exc: OSError) -> str:
+    """The system's reason, clearer where a file stands where a folder should be."""
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        for parent in Path(path).parents:
+            if parent.exists() or parent.is_symlink():
+                if not parent.is_dir():
+                    return f"{parent} is a file, not a folder"
+                break
+    return exc.strerror or str(exc)
+
+
 def _fail(path: Path, exc: OSError) -> OutputError:
-    return OutputError(f"{path}: cannot write: {exc.strerror or exc}")
+    return OutputError(f"{path}: cannot write: {_reason(path, exc)}")
+
+
+def output_error(path: str | os.PathLike, exc: OSError) -> OutputError:
+    """OutputError naming `path` (the output the caller was writing) for a failed write `exc`."""
+    if isinstance(exc, OutputError):
+        return exc
+    reason = _reason(Path(path), exc)
+    if exc.filename and Path(str(exc.filename)) != Path(path):
+        reason += f" (writing {exc.filename})"
+    return OutputError(f"{path}: cannot write: {reason}")
 
 
 @contextmanager
@@ -91,3 +118,39 @@ def write_json(obj: Any, path: str | os.PathLike, *, strict: bool = False) -> Pa
 def save_png(path: str | os.PathLike, fig, dpi: int = 110) -> Path:
     """Save a matplotlib Figure as PNG without metadata that changes between runs."""
     return write_with(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi, metadata={"Software": None}))
+
+
+# --- crash-test hook ------------------------------------------------------------------------------
+
+PAUSE_ENV = "DEEPDRAM_TEST_PAUSE_AT"
+PAUSE_FILE_ENV = "DEEPDRAM_TEST_PAUSE_FILE"
+
+
+def pause_point(name: str) -> None:
+    """Test hook: block here, forever, when $DEEPDRAM_TEST_PAUSE_AT names this point.
+
+    $DEEPDRAM_TEST_PAUSE_AT is a comma-separated list of point names; unset (always, outside the
+    crash tests) this returns at once. At a named point the process writes "<name> <pid>" to
+    $DEEPDRAM_TEST_PAUSE_FILE (when set; atomically, so its appearance is the signal) and sleeps
+    until it is killed, so a test can SIGKILL it at a known point instead of sleeping and hoping.
+
+    Points (`<stage>` is the stage's name, `<model>` a registered model name):
+      `<scratch folder>:shard-<n>`  sharded work (cells, tilings): after the n-th shard of this run is written
+      `<out name>:publish`          sharded work: the new dataset copied, before it replaces the old one
+      `train_<key>:logged`          a training run: model logged, before the run ends and is registered
+      `<model>:version-created`     registering: the version exists, before the `challenger` alias is set
+      `<model>:promoting`           promoting: decided under the model's lock, before any alias moves
+      `design:request-<n>`          the design stage: after the n-th request's designs are written
+      `design:designer-logged`      the design stage: designer logged, its run still open
+      `design:swap`                 the design stage: all outputs written, before they replace outputs/designs
+      `tune_<model>:trial-<n>`      a study: trial n's MLflow run created, before it trains
+    """
+    wanted = os.environ.get(PAUSE_ENV)
+    if not wanted or name not in {w.strip() for w in wanted.split(",")}:
+        return
+    marker = os.environ.get(PAUSE_FILE_ENV)
+    if marker:
+        write_text(marker, f"{name} {os.getpid()}\n")
+    print(f"deepdram: paused at {name} (pid {os.getpid()}) for {PAUSE_ENV}", file=sys.stderr, flush=True)
+    while True:
+        time.sleep(3600)

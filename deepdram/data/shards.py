@@ -2,7 +2,8 @@
 
 A shard's content depends only on its index and the job's parameters, never on which worker
 ran it or how many there were, so any cluster yields byte-identical results. Finished shards are
-skipped when a killed run is started again.
+skipped when a killed run is started again. `publish` builds the new dataset folder beside the old
+one and swaps it in, so a crash or a full disk leaves the old dataset (or none), never half a one.
 """
 
 from __future__ import annotations
@@ -88,14 +89,19 @@ def run_shards(
         print(f"{name}: resuming, {done} of {len(tasks)} shards already done")
     if not todo:
         return
-    t0, rows = time.perf_counter(), 0
+    from deepdram.data.atomic import pause_point
+
+    t0, rows, finished = time.perf_counter(), 0, 0
+    point = Path(paths[todo[0]]).parent.parent.name  # the scratch folder: "cells", "tilings"
     with tqdm(total=len(tasks), initial=done, unit="shard", desc=name, dynamic_ncols=True) as bar:
         futures = [client.submit(func, paths[i], *tasks[i], key=f"{name}-{Path(paths[i]).parent.name}-{i}",
                                  pure=False) for i in todo]
         try:
             for fut in as_completed(futures):
                 rows += fut.result()
+                finished += 1
                 bar.update(1)
+                pause_point(f"{point}:shard-{finished}")
                 bar.set_postfix_str(f"{rows / (time.perf_counter() - t0):,.0f} {unit}s/s")
         except BaseException:
             client.cancel(futures)
@@ -103,18 +109,45 @@ def run_shards(
 
 
 def publish(paths: Sequence[Path], out_dir: Path) -> None:
-    """Place shard files as out_dir/part-*.parquet (a dataset pandas reads whole), then drop scratch."""
-    if out_dir.exists():
-        shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
+    """Place shard files as out_dir/part-*.parquet (a dataset pandas reads whole), then drop scratch.
+
+    The new folder is filled beside the old one (`.<name>.tmp`) and swapped in by renames: the old
+    dataset is removed only once the new one is complete. A write that fails (full disk, a file
+    where a folder should be) raises OutputError naming out_dir and keeps the old dataset."""
+    from deepdram.data.atomic import output_error, pause_point
+
+    out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for p in paths:
-        shutil.copyfile(p, tmp / p.name)
-    os.replace(tmp, out_dir)
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    try:
+        _remove(tmp)
+        if old.exists() and not out_dir.exists():  # a crash mid-swap: the old dataset was set aside
+            os.replace(old, out_dir)
+        _remove(old)
+        tmp.mkdir(parents=True)
+        for p in paths:
+            shutil.copyfile(p, tmp / p.name)
+            with open(tmp / p.name, "rb") as fh:
+                os.fsync(fh.fileno())
+        pause_point(f"{out_dir.stem}:publish")
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise output_error(out_dir, exc) from None
+    _remove(old)
     scratch = paths[0].parent if paths else None
     if scratch is not None:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or folder tree if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def clear_stale(root: Path, keep: str) -> None:

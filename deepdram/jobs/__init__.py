@@ -1,1 +1,1 @@
-"""jobs"""
+"""One module per DVC stage: the only code that knows paths, params sections and MLflow runs."""

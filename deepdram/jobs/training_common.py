@@ -1,5 +1,10 @@
 """What the three training stages share: the tuned configuration, the MLflow run, and the record
-of a trained model (metrics, curves, validating pyfunc, registered `challenger`)."""
+of a trained model (metrics, curves, validating pyfunc, registered `challenger`).
+
+Faults: before a run starts, the runs of this model's experiment left RUNNING by a killed process
+are marked FAILED and aliases left on unsound versions are removed (`runner.fail_dead_runs`,
+`registry.repair_aliases`). The run ends (FINISHED) once its model is logged whole, and only then
+is the model registered, so a `challenger` always points at a finished run's complete model."""
 
 from __future__ import annotations
 
@@ -26,13 +31,20 @@ def model_overrides(section, stage: str) -> dict:
 
 
 def start_run(model: RegisteredModel, run_name: str):
-    """An MLflow run in the model's experiment, in the project store."""
+    """An MLflow run in the model's experiment, in the project store, tagged with its process.
+
+    First repairs what a killed earlier run left: its RUNNING runs become FAILED, and an alias on a
+    version whose run failed or whose artifacts are incomplete is removed."""
     import mlflow
 
-    from deepdram.mlops import tracking
+    from deepdram.jobs.runner import OWNER_TAG, fail_dead_runs, owner
+    from deepdram.mlops import registry, tracking
 
     tracking.configure()
-    return mlflow.start_run(experiment_id=tracking.experiment(model.experiment), run_name=run_name)
+    exp = tracking.experiment(model.experiment)
+    fail_dead_runs(exp, run_name)
+    registry.repair_aliases(model.name)
+    return mlflow.start_run(experiment_id=exp, run_name=run_name, tags={OWNER_TAG: owner()})
 
 
 def log_common(model: RegisteredModel, cfg_dict: dict, data_info: dict, test_set: Path, datasets: list[Path]) -> None:
@@ -45,11 +57,12 @@ def log_common(model: RegisteredModel, cfg_dict: dict, data_info: dict, test_set
 
 def finish_training(model: RegisteredModel, run, model_path: Path, history: dict, val_metrics: dict,
                     info: dict, space: str = "lattice") -> dict:
-    """Log metrics, curves and the pyfunc model, register a challenger, write outputs/models/<key>.json."""
+    """Log metrics, curves and the pyfunc model, end the run, register a challenger, write
+    outputs/models/<key>.json. Called inside the run (`start_run`), which it ends."""
     import mlflow
     from mlflow.entities import Metric
 
-    from deepdram.data.atomic import write_json, write_text
+    from deepdram.data.atomic import pause_point, write_json, write_text
     from deepdram.learn.training import history_frame, plot_history
     from deepdram.mlops import pyfuncs, registry, tracking
     from deepdram.paths import MODELS_DIR, TRAINING_REPORTS_DIR
@@ -64,6 +77,9 @@ def finish_training(model: RegisteredModel, run, model_path: Path, history: dict
     mlflow.log_artifact(str(hist_path), "training")
     mlflow.log_artifact(str(png), "training")
     pyfuncs.log_model(model.kind, model_path, name="model", space=space)
+    pause_point(f"train_{model.key}:logged")
+    # The run is whole: end it before registering, so no version is ever made from an unfinished run.
+    mlflow.end_run("FINISHED")
     version = registry.register(run.info.run_id, model.name)
     record = {"run_id": run.info.run_id, "registered_model": model.name, "version": version, **val_metrics, **info}
     write_json(record, MODELS_DIR / f"{model.key}.json")

@@ -1,1 +1,1 @@
-"""learn"""
+"""Learning: model configurations, Keras layers and models, training helpers, generation, metrics, evaluation."""

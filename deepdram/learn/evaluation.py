@@ -121,15 +121,41 @@ def eval_draws(n: int, tsne_points: int, n_targets: int, seed: int) -> tuple[np.
     return tsne_idx, rng.permutation(n)[: min(n_targets, n)]
 
 
-def generated_best_of_k(space: DesignSpace, generator, forward, targets: np.ndarray, k: int, seed: int):
+def generated_best_of_k(space: DesignSpace, generator, forward, targets: np.ndarray, k: int, seed: int,
+                        weights=None, designs: np.ndarray | None = None):
     """K designs per target from the generator (threshold rule) and the best valid one each by the
-    forward model (`generation.best_of_k`)."""
+    forward model (`generation.best_of_k`; `weights` per property: None the paper's unweighted MSE,
+    1 / train variance the scaled rule). Pass `designs` to choose again among the same candidates."""
     from deepdram.learn.generation import best_of_k, generate, generator_decoder, latent_size
     from deepdram.learn.models import predict
 
-    designs = generate(generator_decoder(generator, 65536), targets, k,
-                       latent_size(generator, space.n_properties), np.random.default_rng(seed))
-    return best_of_k(space, designs, lambda d: predict(forward, d.astype(np.float32)), targets, k)
+    if designs is None:
+        designs = generate(generator_decoder(generator, 65536), targets, k,
+                           latent_size(generator, space.n_properties), np.random.default_rng(seed))
+    return best_of_k(space, designs, lambda d: predict(forward, d.astype(np.float32)), targets, k, weights)
+
+
+def group_r2(space: DesignSpace, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """R2 per property group: the space's tolerance groups (the lattice: E = mean of E11, E22 R2,
+    nu = mean of nu12, nu21 R2) and overall."""
+    from deepdram.learn.metrics import r2_scores
+
+    r2 = r2_scores(y_true, y_pred)
+    out = {g: float(np.mean([r2[space.properties.index(c)] for c in cols]))
+           for g, (cols, _, _) in space.tolerance_groups.items()}
+    return {**out, "overall": float(np.mean(r2))}
+
+
+def by_group(space: DesignSpace, y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, name: str) -> pd.DataFrame:
+    """R2 per property and overall for each value of `groups` (e.g. Z_g or the tiling size), with counts."""
+    from deepdram.learn.metrics import r2_scores
+
+    rows = []
+    for g in np.unique(groups):
+        m = groups == g
+        r2 = r2_scores(y_true[m], y_pred[m])
+        rows.append({name: g, "rows": int(m.sum()), **dict(zip(space.properties, r2)), "overall": float(np.mean(r2))})
+    return pd.DataFrame(rows)
 
 
 def generator_value(space: DesignSpace, generator, forward, y: np.ndarray, tsne_points: int, n_targets: int,
@@ -144,9 +170,10 @@ def generator_value(space: DesignSpace, generator, forward, y: np.ndarray, tsne_
 
 
 def generator_report(space: DesignSpace, generator, encoder, forward, x: np.ndarray, y: np.ndarray, *, k: int,
-                     n_targets: int, tsne_points: int, seed: int, out_dir: Path, paper_tables: dict | None
-                     ) -> tuple[dict, list[Path]]:
-    """Reconstruction scores, latent t-SNE, single-shot and best-of-K generation (forward model and oracle)."""
+                     n_targets: int, tsne_points: int, seed: int, out_dir: Path, paper_tables: dict | None,
+                     variances=None, prefix: str = "test") -> tuple[dict, list[Path]]:
+    """Reconstruction scores, latent t-SNE, single-shot and best-of-K generation (forward model and
+    oracle) under the paper's selection (unweighted MSE) and, with `variances`, the scaled one."""
     from deepdram.learn.metrics import flat_metrics, reconstruction_scores, regression_table
     from deepdram.learn.models import designs_from_probabilities, predict, reconstruct
 
@@ -159,7 +186,7 @@ def generator_report(space: DesignSpace, generator, encoder, forward, x: np.ndar
     d_rec = designs_from_probabilities(p_rec)
     props_rec = predict(forward, d_rec.astype(np.float32))
     rec = reconstruction_scores(x, p_rec, y, props_rec, classify=space.classify)
-    metrics.update({f"test_recon_{m}": float(rec[m]) for m in ("precision", "recall", "f1")})
+    metrics.update({f"{prefix}_recon_{m}": float(rec[m]) for m in ("precision", "recall", "f1")})
     if "confusion" in rec:
         names = space.class_names
         cm = pd.DataFrame(rec["confusion"], index=list(names), columns=[f"pred {n}" for n in names])
@@ -176,17 +203,34 @@ def generator_report(space: DesignSpace, generator, encoder, forward, x: np.ndar
     targets = y[t_idx]
     g = generated_best_of_k(space, generator, forward, targets, k, seed)
     keys = space.keys(g.designs)
-    metrics["test_gen_valid_share"] = float(g.valid.mean())
-    metrics["test_gen_distinct_share"] = float(len(np.unique(keys[g.valid])) / max(1, g.valid.sum()))
+    metrics[f"{prefix}_gen_valid_share"] = float(g.valid.mean())
+    metrics[f"{prefix}_gen_distinct_share"] = float(len(np.unique(keys[g.valid])) / max(1, g.valid.sum()))
     single_props = predict(forward, g.designs.reshape(len(targets), k, -1)[:, 0].astype(np.float32))
     single = regression_table(targets, single_props, props, order)
     best_table = regression_table(targets[g.has], g.chosen_properties, props, order)
     fe = space.evaluate(g.chosen, validate=False).properties
     fe_table = regression_table(targets[g.has], fe, props, order)
-    metrics["test_gen_targets_with_valid_design"] = float(g.has.mean())
-    metrics.update(flat_metrics(single, "test_gen_single"))
-    metrics.update(flat_metrics(best_table, "test_gen_best"))
-    metrics.update(flat_metrics(fe_table, "test_gen_best_fe"))
+    metrics[f"{prefix}_gen_targets_with_valid_design"] = float(g.has.mean())
+    metrics.update(flat_metrics(single, f"{prefix}_gen_single"))
+    metrics.update(flat_metrics(best_table, f"{prefix}_gen_best"))
+    metrics.update(flat_metrics(fe_table, f"{prefix}_gen_best_fe"))
+    metrics.update({f"{prefix}_gen_best_fe_r2_{n}": v for n, v in group_r2(space, targets[g.has], fe).items()
+                    if n != "overall"})
+    metrics.update({f"{prefix}_gen_best_r2_{n}": v for n, v in group_r2(space, targets[g.has], g.chosen_properties).items()
+                    if n != "overall"})
+    if variances is not None:  # the scaled rule, choosing among the same candidates
+        gs = generated_best_of_k(space, generator, forward, targets, k, seed, 1.0 / np.asarray(variances),
+                                 designs=g.designs)
+        fe_s = space.evaluate(gs.chosen, validate=False).properties
+        metrics.update({f"{prefix}_gen_scaled_best_r2_{n}": v
+                        for n, v in group_r2(space, targets[gs.has], gs.chosen_properties).items()})
+        metrics.update({f"{prefix}_gen_scaled_best_fe_r2_{n}": v
+                        for n, v in group_r2(space, targets[gs.has], fe_s).items()})
+        scaled_table = regression_table(targets[gs.has], fe_s, props, order)
+        files += write_table(scaled_table, out_dir / "generator_best_of_k_scaled_fe",
+                             f"Generator, best of {k} by the scaled error, properties by FE")
+        files.append(parity_plot(targets[gs.has], fe_s, props, out_dir / "generator_scaled_best_fe_parity.png",
+                                 f"Generator best of {k} (scaled selection): FE-verified properties vs targets"))
     best_vs_paper = side_by_side(best_table, paper_table(paper_tables, "table9_generator_best_of_100"))
     files += write_table(side_by_side(single, paper_table(paper_tables, "table8_generator_single")),
                          out_dir / "generator_single_shot",
@@ -200,6 +244,6 @@ def generator_report(space: DesignSpace, generator, encoder, forward, x: np.ndar
                              f"Generator best of {k}: FE-verified properties vs targets"))
     print(f"\nGenerator, best of {k} ({g.has.sum():,} targets), forward model, next to the paper:\n"
           f"{best_vs_paper.round(4).to_string()}")
-    print(f"FE-verified R2 overall {fe_table.loc['R2', 'overall']:.4f}; valid {metrics['test_gen_valid_share']:.3f}, "
-          f"distinct {metrics['test_gen_distinct_share']:.3f}; reconstruction F1 {metrics['test_recon_f1']:.3f}")
+    print(f"FE-verified R2 overall {fe_table.loc['R2', 'overall']:.4f}; valid {metrics[f'{prefix}_gen_valid_share']:.3f}, "
+          f"distinct {metrics[f'{prefix}_gen_distinct_share']:.3f}; reconstruction F1 {metrics[f'{prefix}_recon_f1']:.3f}")
     return metrics, files

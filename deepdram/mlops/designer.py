@@ -53,6 +53,7 @@ MAX_TOP_K = 200
 MAX_REQUESTS = 20
 MAX_BUDGET_SECONDS = 600.0
 MAX_BUDGET_FE = 20_000
+MAX_BODY_BYTES = 1 * 2**20  # served request bodies (413 above): 20 requests take a few kB
 INPUT_COLUMNS = SPACE.properties + SPACE.conditions
 OPTIONAL_COLUMNS = ("n_candidates", "top_k", "seed", "mse_threshold")
 ROW_PARAMS = {"n_candidates": N_CANDIDATES, "top_k": TOP_K, "seed": 0, "mse_threshold": MSE_THRESHOLD}
@@ -81,6 +82,9 @@ def _rows(model_input: Any) -> pd.DataFrame:
             model_input = pd.DataFrame(list(rows), columns=list(INPUT_COLUMNS))
     if isinstance(model_input, np.ndarray):
         arr = np.atleast_2d(model_input)
+        if arr.ndim != 2:
+            raise _bad(f"input must be a table (2-D) of rows with {', '.join(INPUT_COLUMNS)}; got an array of "
+                       f"shape {model_input.shape}")
         if arr.shape[1] != len(INPUT_COLUMNS):
             raise _bad(f"unnamed rows must have {len(INPUT_COLUMNS)} values ({', '.join(INPUT_COLUMNS)})")
         model_input = pd.DataFrame(arr, columns=list(INPUT_COLUMNS))
@@ -187,8 +191,12 @@ class DesignerPyfunc(mlflow.pyfunc.PythonModel):
     """Inverse designer: requests in, ranked FE-verified designs out."""
 
     def load_context(self, context):
+        from deepdram.mlops.pyfuncs import install_request_guard, serving
+
         self.models = pipeline.load_surrogates(context.artifacts, SPACE)
         self.variances = dict((getattr(context, "model_config", None) or {}).get("variances") or {})
+        if serving():  # 413 above MAX_BODY_BYTES, 415 without a Content-Type, 400 for MLflow's parse errors
+            install_request_guard(MAX_BODY_BYTES)
 
     def predict(self, context, model_input, params=None):
         reqs = parse_requests(model_input, params)

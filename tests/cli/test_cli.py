@@ -10,18 +10,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepdram import fem, io, lattice
-from deepdram.cli import main
-from deepdram.constants import BIT_COLUMNS, N_BEAMS
+from deepdram.cli.main import main
+from deepdram.data import tables
 from deepdram.errors import InputError
+from deepdram.spaces.lattice import fem
+from deepdram.spaces.lattice import geometry as lattice
+from deepdram.spaces.lattice.constants import BIT_COLUMNS, N_BEAMS
+from deepdram.spaces.lattice.space import LatticeSpace
 
 FULL = np.ones(N_BEAMS, dtype=np.uint8)
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m deepdram.cli ARGS` in a real subprocess."""
+    """Run `python -m deepdram.cli.main ARGS` (the console script's module) in a real subprocess."""
     return subprocess.run(
-        [sys.executable, "-m", "deepdram.cli", *map(str, args)],
+        [sys.executable, "-m", "deepdram.cli.main", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -62,7 +65,7 @@ def sampled(tmp_path_factory) -> Path:
 def test_sample_writes_valid_designs(tmp_path, ext):
     out = tmp_path / f"d.{ext}"
     assert main(["sample", "--zg", "3", "-n", "50", "--seed", "7", "-o", str(out), "-q"]) == 0
-    df = io.read_table(out)
+    df = tables.read_table(out)
     assert list(df.columns) == [*BIT_COLUMNS, "zg"]
     assert len(df) == 50
     d = df[list(BIT_COLUMNS)].to_numpy()
@@ -156,7 +159,7 @@ def test_simulate_tiling_sizes_from_columns(tmp_path, sampled):
     designs["d2"] = [2, 4, 2, 4]
     designs["d1"] = [2, 2, 4, 4]
     src = tmp_path / "sized.parquet"
-    io.write_table(designs, src)
+    tables.write_table(designs, src)
     out = tmp_path / "t.parquet"
     assert main(["simulate", str(src), "-o", str(out), "--stress", "-q"]) == 0
     df = pd.read_parquet(out)
@@ -295,7 +298,7 @@ def test_error_keeps_existing_output(tmp_path):
     assert out.read_text() == "old contents\n"
 
 
-# --- io -----------------------------------------------------------------------------------------
+# --- table I/O (deepdram.data.tables) ---------------------------------------------------------
 
 
 @pytest.mark.parametrize("ext", ["csv", "parquet"])
@@ -311,15 +314,15 @@ def test_write_table_atomic_on_failure(tmp_path, monkeypatch, ext):
 
     monkeypatch.setattr(pd.DataFrame, method, half_then_fail)
     with pytest.raises(RuntimeError, match="disk full"):
-        io.write_table(df, out)
+        tables.write_table(df, out)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_write_table_roundtrip(tmp_path):
     df = lattice.to_frame(np.stack([FULL, FULL]), zg=5.25)
     for name in ("a.csv", "b.parquet", "c.pq", "nested/d.CSV"):
-        io.write_table(df, tmp_path / name)
-        back = io.read_table(tmp_path / name)
+        tables.write_table(df, tmp_path / name)
+        back = tables.read_table(tmp_path / name)
         assert back.shape == df.shape and (back["zg"] == 5.25).all()
     assert not list(tmp_path.glob(".*"))
 
@@ -327,8 +330,8 @@ def test_write_table_roundtrip(tmp_path):
 def test_designs_from_table_validates():
     df = lattice.to_frame(np.stack([FULL, np.zeros(N_BEAMS, np.uint8)]))
     with pytest.raises(InputError, match="row.* 1"):
-        io.designs_from_table(df)
-    assert io.designs_from_table(df, require_valid=False).shape == (2, N_BEAMS)
+        LatticeSpace().designs_of(df)
+    assert LatticeSpace().designs_of(df, require_valid=False).shape == (2, N_BEAMS)
 
 
 # --- help and start-up --------------------------------------------------------------------------
@@ -357,7 +360,7 @@ def test_no_command_is_an_error():
 
 def test_import_is_light():
     code = (
-        "import sys, deepdram.cli\n"
+        "import sys, deepdram.cli.main\n"
         "heavy = ['numpy', 'pandas', 'numba', 'scipy', 'tensorflow', 'mlflow', 'great_expectations', 'tqdm']\n"
         "print(','.join(m for m in heavy if m in sys.modules))"
     )

@@ -1,4 +1,5 @@
-"""Dataset logic: resampling rules, key-disjoint splits, tiling plans, params checks, Dask shards."""
+"""Dataset logic: resampling rules, key-disjoint splits, tiling plans, params checks, Dask shards
+(deepdram.data.datasets, deepdram.data.splits, deepdram.spaces.lattice.datasets, deepdram.params)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepdram import datasets, fem, lattice
+from deepdram import params as P
+from deepdram.data.datasets import undersample
+from deepdram.data.splits import assign_splits
 from deepdram.errors import InputError
+from deepdram.spaces.lattice import datasets, fem
+from deepdram.spaces.lattice import geometry as lattice
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +30,7 @@ def cells() -> pd.DataFrame:
 
 def test_undersample_keeps_at_most_n_per_rounded_tuple(cells):
     """Paper rule: round E to 1 and nu to 2 decimals; at most 5 cells per 4-tuple, seeded."""
-    out = datasets.undersample(cells, 1, 2, 5, seed=0)
+    out = undersample(cells, datasets.undersample_decimals(1, 2), 5, seed=0)
     rounded = pd.DataFrame({"a": out.E11.round(1), "b": out.E22.round(1), "c": out.nu12.round(2),
                             "d": out.nu21.round(2)})
     assert rounded.value_counts().max() <= 5
@@ -33,23 +38,23 @@ def test_undersample_keeps_at_most_n_per_rounded_tuple(cells):
     full = pd.DataFrame({"a": cells.E11.round(1), "b": cells.E22.round(1), "c": cells.nu12.round(2),
                          "d": cells.nu21.round(2)}).value_counts()
     assert len(out) == int(np.minimum(full.to_numpy(), 5).sum())
-    again = datasets.undersample(cells, 1, 2, 5, seed=0)
+    again = undersample(cells, datasets.undersample_decimals(1, 2), 5, seed=0)
     pd.testing.assert_frame_equal(out, again)
-    other = datasets.undersample(cells, 1, 2, 5, seed=1)
+    other = undersample(cells, datasets.undersample_decimals(1, 2), 5, seed=1)
     assert len(other) == len(out) and not other.equals(out)
 
 
 def test_splits_are_disjoint_by_key_and_near_fractions(cells):
     """60/30/10 by design key; no key in two splits; seeded."""
     keys = datasets.keys_of(cells)
-    labels = datasets.assign_splits(keys, {"train": 0.6, "val": 0.3, "test": 0.1}, seed=3)
+    labels = assign_splits(keys, {"train": 0.6, "val": 0.3, "test": 0.1}, seed=3)
     frac = pd.Series(labels).value_counts(normalize=True)
     assert abs(frac["train"] - 0.6) < 0.01 and abs(frac["val"] - 0.3) < 0.01 and abs(frac["test"] - 0.1) < 0.01
     # groups with repeated keys stay together
     groups = np.repeat(np.arange(100), 5)
-    lab = datasets.assign_splits(groups, {"train": 0.6, "val": 0.3, "test": 0.1}, seed=0)
+    lab = assign_splits(groups, {"train": 0.6, "val": 0.3, "test": 0.1}, seed=0)
     assert all(len(set(lab[groups == g])) == 1 for g in range(100))
-    np.testing.assert_array_equal(lab, datasets.assign_splits(groups, {"train": 0.6, "val": 0.3, "test": 0.1}, 0))
+    np.testing.assert_array_equal(lab, assign_splits(groups, {"train": 0.6, "val": 0.3, "test": 0.1}, 0))
 
 
 def test_oversample_adds_valid_fe_labelled_rare_cells(cells):
@@ -80,7 +85,7 @@ def test_resample_over_keeps_families_in_one_split(cells):
     params = _params()
     params["resample"]["method"] = "over"
     params["resample"]["over"]["base_size"] = 2000
-    cfg = datasets.resample_config(params)
+    cfg = P.parse(params).resample
     out = datasets.resample(cells, cfg)
     assert set(out["split"]) == {"train", "val", "test"}
     keys = datasets.keys_of(out)
@@ -91,7 +96,7 @@ def test_tiling_plan_sizes_and_split_inheritance(cells):
     """Each chosen cell gets k distinct (d1, d2) sizes from the grid; deterministic."""
     c = cells.copy()
     c["split"] = "train"
-    cfg = datasets.TilingsConfig(cells=50, sizes_per_cell=4, sizes=(2, 4, 20), shard_size=10, seed=0)
+    cfg = P.Tilings(cells=50, sizes_per_cell=4, sizes=[2, 4, 20], shard_size=10, seed=0)
     plan = datasets.tiling_plan(c, cfg)
     assert len(plan) == 200 and plan["cell"].nunique() == 50
     assert plan.groupby("cell").apply(lambda g: len(set(zip(g.d1, g.d2)))).eq(4).all()
@@ -101,15 +106,15 @@ def test_tiling_plan_sizes_and_split_inheritance(cells):
 
 def test_cell_shard_plan_covers_every_row_once():
     """Shards tile the Z_g-major row range exactly, whatever the shard size."""
-    cfg = datasets.CellsConfig(per_zg=7, zg=(2.5, 3.0, 4.5), shard_size=4, seed=0)
-    rows = [(g, i) for shard in datasets.cell_shard_plan(cfg) for g, _, a, b in shard for i in range(a, b)]
+    rows = [(g, i) for shard in datasets.cell_shard_plan(7, (2.5, 3.0, 4.5), 4) for g, _, a, b in shard
+            for i in range(a, b)]
     assert rows == [(g, i) for g in range(3) for i in range(7)]
 
 
 def _params() -> dict:
     import yaml
 
-    from deepdram.constants import REPO_ROOT
+    from deepdram.paths import REPO_ROOT
 
     return yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
 
@@ -129,17 +134,15 @@ def test_bad_params_name_the_key(section, key, value, match):
     """Bad params fail before any work with a message naming the key."""
     params = _params()
     params[section][key] = value
-    check = {"cells": datasets.cells_config, "tilings": datasets.tilings_config,
-             "resample": datasets.resample_config}[section]
     with pytest.raises(InputError, match=match.replace("[", "\\[").replace("(", "\\(")):
-        check(params)
+        P.parse(params)
 
 
 def test_split_fractions_must_sum_to_one():
     params = _params()
     params["resample"]["split"] = {"train": 0.6, "val": 0.3, "test": 0.2}
     with pytest.raises(InputError, match="sum to 1"):
-        datasets.resample_config(params)
+        P.parse(params)
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -149,16 +152,16 @@ def _digest(folder: Path) -> dict[str, str]:
 @pytest.mark.slow
 def test_one_and_two_dask_workers_give_identical_bytes(tmp_path):
     """Real LocalClusters with 1 and 2 workers produce byte-identical cell and tiling shards."""
-    from deepdram.shards import dask_client
+    from deepdram.data.shards import dask_client
 
-    cfg = datasets.CellsConfig(per_zg=1500, zg=(2.5, 3.5, 4.5), shard_size=1000, seed=5)
-    tcfg = datasets.TilingsConfig(cells=60, sizes_per_cell=3, sizes=(2, 4, 6), shard_size=40, seed=1)
+    cfg = P.Cells(per_zg=1500, zg=[2.5, 3.5, 4.5], shard_size=1000, seed=5)
+    tcfg = P.Tilings(cells=60, sizes_per_cell=3, sizes=[2, 4, 6], shard_size=40, seed=1)
     digests = []
     for n in (1, 2):
-        with dask_client({"n_workers": n}) as client:
+        with dask_client(P.Dask(n_workers=n)) as client:
             datasets.build_cells(cfg, tmp_path / f"cells{n}", tmp_path / f"scratch{n}", client)
             c = pd.read_parquet(tmp_path / f"cells{n}")
-            c["split"] = datasets.assign_splits(datasets.keys_of(c), {"train": .6, "val": .3, "test": .1}, 0)
+            c["split"] = assign_splits(datasets.keys_of(c), {"train": .6, "val": .3, "test": .1}, 0)
             datasets.build_tilings(c, tcfg, tmp_path / f"til{n}", tmp_path / f"tscratch{n}", client)
         digests.append((_digest(tmp_path / f"cells{n}"), _digest(tmp_path / f"til{n}")))
     assert digests[0] == digests[1]
@@ -166,7 +169,7 @@ def test_one_and_two_dask_workers_give_identical_bytes(tmp_path):
     til = pd.read_parquet(tmp_path / "til1")
     assert len(til) == 180
     row = til.iloc[7]
-    from deepdram.tiling import tiling_properties
+    from deepdram.spaces.lattice.tiling import tiling_properties
 
     design = row[[f"b{k:02d}" for k in range(42)]].to_numpy(np.uint8)
     np.testing.assert_allclose(row[["E11", "E22", "nu12", "nu21"]].to_numpy(float),

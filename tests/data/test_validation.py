@@ -1,4 +1,5 @@
-"""Tests of deepdram.validation (Great Expectations suites for the cells and tilings datasets).
+"""Tests of deepdram.data.validation (Great Expectations suites; here the lattice space's cells and
+tilings datasets, whose rules live in deepdram.spaces.lattice.rules).
 
 Truth sources: clean frames built from real sampled designs and `fem.cell_properties`, written to
 Parquet and read back (what the pipeline stores), and copies corrupted in one known row per rule;
@@ -16,13 +17,27 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepdram import fem, lattice, validation
-from deepdram.constants import BIT_COLUMNS, PROPERTY_COLUMNS, SPLIT_NAMES, ZG_VALUES
+from deepdram.data.splits import SPLIT_NAMES
+from deepdram.data.validation import ValidationFailed, validate
 from deepdram.errors import DeepdramError
-from deepdram.validation import ValidationFailed, validate_cells, validate_tilings
+from deepdram.spaces.lattice import fem, rules
+from deepdram.spaces.lattice import geometry as lattice
+from deepdram.spaces.lattice.constants import BIT_COLUMNS, PROPERTY_COLUMNS, ZG_VALUES
+from deepdram.spaces.lattice.space import LatticeSpace
 
 PER_ZG = 60  # 300 cells in all
 BAD = 137  # the row the corruptions hit
+SPACE = LatticeSpace()
+
+
+def validate_cells(df: pd.DataFrame, out_dir, name: str = "cells", *, split: bool = False) -> dict:
+    """The lattice cells suite (resampled cells with a split column when `split`)."""
+    return validate(df, SPACE, "cells_split" if split else "cells", out_dir, name=name)
+
+
+def validate_tilings(df: pd.DataFrame, out_dir, name: str = "tilings") -> dict:
+    """The lattice tilings suite."""
+    return validate(df, SPACE, "tilings", out_dir, name=name)
 
 
 def parquet_round_trip(df: pd.DataFrame) -> pd.DataFrame:
@@ -84,8 +99,8 @@ def test_parquet_round_trip_dtypes_are_what_the_suite_expects(cells, tilings):
     assert set(cells[list(BIT_COLUMNS)].dtypes) == {np.dtype(np.uint8)}
     assert tilings["d1"].dtype == np.int64 and tilings["d2"].dtype == np.int64
     assert str(tilings["split"].dtype) == "str"
-    assert list(cells.columns) == list(validation.CELL_COLUMNS)
-    assert list(tilings.columns) == list(validation.TILING_COLUMNS)
+    assert list(cells.columns) == list(rules.CELL_COLUMNS) == list(SPACE.expected_columns("cells"))
+    assert list(tilings.columns) == list(rules.TILING_COLUMNS) == list(SPACE.expected_columns("tilings"))
 
 
 def test_clean_cells_pass_and_write_both_reports(cells, tmp_path):
@@ -198,6 +213,23 @@ def test_cells_corruption_is_named_with_its_row(cells, tmp_path, case):
         assert f"| {BAD} |" in md  # example row in the report
         # A row corruption breaks only its own rule (zg = 5 also breaks the beam count, 8 zg != 24).
         assert data["summary"]["n_failed"] == (2 if case == "zg_not_allowed" else 1), msg
+
+
+def test_report_of_a_failing_lattice_table_shows_the_row_and_its_beams(cells, tmp_path):
+    """The generic engine names the bad row and shows the lattice's `beams` pseudo-column
+    (from `LatticeSpace.report_columns`) beside it: the present beams' indices and their count."""
+    assert set(SPACE.report_columns) == {"beams"}
+    bad = _disconnected(cells)
+    msg, data, md = assert_fails(validate_cells, bad, tmp_path, "cells",
+                                 "expect_column_values_to_be_in_set(connected, {True})", f"row {BAD} with value False")
+    assert data["summary"]["failed"][0]["example_rows"] == [BAD]
+    section = md.split("### expect_column_values_to_be_in_set(connected, {True})", 1)[1]
+    assert "| row | connected | zg | beams |" in section
+    on = np.flatnonzero(bad.loc[BAD, list(BIT_COLUMNS)].to_numpy() == 1)
+    zg = bad.loc[BAD, "zg"]
+    beams = " ".join(str(k) for k in on) + f" ({len(on)} beams)"
+    assert f"| {BAD} | False | {zg:g} | {beams} |" in section
+    assert len(on) == 8 * zg  # the corruption kept the beam count: only connectivity breaks
 
 
 def test_message_lists_example_rows_and_values(cells, tmp_path):

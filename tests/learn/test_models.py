@@ -1,10 +1,10 @@
-"""Tests of deepdram.models (Keras networks) and deepdram.metrics.
+"""Tests of deepdram.learn.models (Keras networks of a design space; here the lattice space).
 
-The learning tests train on real FE data (random unit cells solved by deepdram.fem, tilings by
-deepdram.tiling) with small data and few epochs, at learning rate 1e-3 instead of the paper's
+The learning tests train on real FE data (random unit cells solved by spaces.lattice.fem, tilings
+by spaces.lattice.tiling) with small data and few epochs, at learning rate 1e-3 instead of the paper's
 1e-4 so that they learn within seconds; thresholds sit well below the values measured at the
 time of writing (noted next to each) and well above what a broken model (constant, scaled
-units, untrained) reaches. Truth for the metrics: hand-computed numbers and scikit-learn.
+units, untrained) reaches. The metrics themselves are tested in test_metrics.py.
 """
 
 from __future__ import annotations
@@ -15,17 +15,25 @@ import zipfile
 import keras
 import numpy as np
 import pytest
-from sklearn import metrics as skm
 
-from deepdram import fem, lattice
-from deepdram import metrics as X
-from deepdram import models as M
-from deepdram.constants import TILING_SIZES, ZG_VALUES
 from deepdram.errors import InputError
+from deepdram.learn import metrics as X
+from deepdram.learn import models as M
+from deepdram.learn.layers import Affine
+from deepdram.spaces.lattice import fem
+from deepdram.spaces.lattice import geometry as lattice
+from deepdram.spaces.lattice.constants import TILING_SIZES, ZG_VALUES
+from deepdram.spaces.lattice.space import LatticeSpace
 
 PER_ZG = 2000  # 10,000 unit cells (FE: well under a second once compiled)
 N_TRAIN, N_VAL = 7500, 1250
 N_CVAE = 3000  # the CVAE trains on the first 3,000 train cells (and 500 val cells)
+SPACE = LatticeSpace()
+
+
+def regression_table(y_true, y_pred):
+    """The paper's table layout (nu12, nu21, E11, E22, overall) of the lattice's properties."""
+    return X.regression_table(y_true, y_pred, SPACE.properties, SPACE.table_order)
 
 
 # --- shared data and models (module scope: trained once) ----------------------------------------
@@ -54,7 +62,7 @@ def forward(cells):
     (xt, yt), (xv, yv) = cells["train"], cells["val"]
     log = EpochLog()
     cfg = M.RegressorConfig.forward_paper(batch_size=256, epochs=25, learning_rate=5e-4, seed=1, patience=5)
-    model, history = M.train_regressor(xt, yt, xv, yv, cfg, callbacks=[log])
+    model, history = M.train_regressor(xt, yt, xv, yv, cfg, space=SPACE, callbacks=[log])
     return model, history, log
 
 
@@ -83,7 +91,7 @@ def test_hidden_widths_paper_values():
 def test_core_layers_follow_config():
     cfg = M.RegressorConfig(hidden_layers=2, first_width=20, shape="rectangle", activation="tanh",
                             output_activation="none", batch_norm=True)
-    core, full = M.build_regressor(44, 4, cfg)
+    core, full = M.build_regressor(44, 4, cfg, n_variables=SPACE.n_variables)  # 42 bits + d1, d2
     dense = [l for l in core.layers if isinstance(l, keras.layers.Dense)]
     assert [l.units for l in dense] == [20, 20, 4]
     assert [l.activation.__name__ for l in dense] == ["tanh", "tanh", "linear"]
@@ -119,21 +127,21 @@ def test_affine_scales_inverts_and_round_trips(tmp_path):
     rng = np.random.default_rng(3)
     scale, offset = rng.uniform(0.5, 20, 4), rng.normal(size=4)
     x = rng.normal(size=(50, 4)).astype(np.float32)
-    a = M.Affine(scale, offset, name="a")
+    a = Affine(scale, offset, name="a")
     np.testing.assert_allclose(M.predict(keras.Sequential([keras.Input((4,)), a]), x),
                                x * scale + offset, rtol=1e-6, atol=1e-6)
     inv = a.inverse()
     np.testing.assert_allclose(inv.scale_values, 1 / scale, rtol=1e-15)
     model = keras.Sequential([keras.Input((4,)), a, inv])
     np.testing.assert_allclose(M.predict(model, x), x, rtol=1e-5, atol=1e-5)
-    back = M.Affine.from_config(a.get_config())
+    back = Affine.from_config(a.get_config())
     np.testing.assert_array_equal(back.scale_values, a.scale_values)  # float64 config, exact
     M.save_model(model, tmp_path / "affine.keras")
     loaded = M.load_model(tmp_path / "affine.keras")
     np.testing.assert_array_equal(M.predict(loaded, x), M.predict(model, x))
     assert not loaded.trainable_weights  # scalers never train
     with pytest.raises(InputError):
-        M.Affine([1.0, 0.0], [0.0, 0.0])
+        Affine([1.0, 0.0], [0.0, 0.0])
 
 
 # --- forward (unit-cell) model -----------------------------------------------------------------
@@ -142,7 +150,7 @@ def test_affine_scales_inverts_and_round_trips(tmp_path):
 def test_forward_model_learns(cells, forward):
     model, history, log = forward
     xt, yt = cells["test"]
-    table = X.regression_table(yt, M.predict(model, xt))
+    table = regression_table(yt, M.predict(model, xt))
     # measured over seeds 1-4: R2 E11/E22 0.94-0.96, nu12/nu21 0.31-0.41, overall 0.65-0.66
     # (the Poisson's ratios need far more data and epochs: the paper trains 80k cells x 200 epochs)
     assert table.loc["R2", "E11"] > 0.85 and table.loc["R2", "E22"] > 0.85
@@ -150,7 +158,7 @@ def test_forward_model_learns(cells, forward):
     assert table.loc["R2", "overall"] > 0.55
     # a constant (train mean) predictor scores R2 ~ 0: the metric is not flattering
     const = np.repeat(cells["train"][1].mean(0, keepdims=True), len(yt), 0)
-    assert abs(X.regression_table(yt, const).loc["R2", "overall"]) < 0.02
+    assert abs(regression_table(yt, const).loc["R2", "overall"]) < 0.02
     # history in scaled units, one entry per epoch, and losses go down
     assert set(history) == {"loss", "val_loss", "mae", "val_mae"}
     n_epochs = len(history["loss"])
@@ -200,20 +208,20 @@ def test_train_regressor_checks_inputs(cells):
     xt, yt = cells["train"]
     cfg = M.RegressorConfig(epochs=1, patience=2)
     with pytest.raises(InputError):
-        M.train_regressor(xt, yt, None, None, cfg)  # early stopping without validation
+        M.train_regressor(xt, yt, None, None, cfg, space=SPACE)  # early stopping without validation
     with pytest.raises(InputError):
-        M.train_regressor(xt[:, :40], yt, cfg=M.RegressorConfig(epochs=1))
+        M.train_regressor(xt[:, :40], yt, cfg=M.RegressorConfig(epochs=1), space=SPACE)
     bad = yt.copy()
     bad[0, 0] = np.nan
     with pytest.raises(InputError):
-        M.train_regressor(xt, bad, cfg=M.RegressorConfig(epochs=1))
+        M.train_regressor(xt, bad, cfg=M.RegressorConfig(epochs=1), space=SPACE)
 
 
 # --- size-agnostic model -----------------------------------------------------------------------
 
 
 def test_size_agnostic_model_learns(cells, tmp_path):
-    from deepdram.tiling import solve_tilings
+    from deepdram.spaces.lattice.tiling import solve_tilings
 
     rng = np.random.default_rng(5)
     designs = np.concatenate([cells["train"][0][:1500], cells["test"][0][:500]])
@@ -223,12 +231,12 @@ def test_size_agnostic_model_learns(cells, tmp_path):
     x = np.concatenate([designs, d1[:, None], d2[:, None]], axis=1)
     tr, va, te = slice(0, 1300), slice(1300, 1500), slice(1500, 2000)
     cfg = M.RegressorConfig.size_agnostic_paper(batch_size=128, epochs=30, learning_rate=1e-3, seed=3)
-    model, history = M.train_regressor(x[tr], props[tr], x[va], props[va], cfg)
+    model, history = M.train_regressor(x[tr], props[tr], x[va], props[va], cfg, space=SPACE)
     x_scaler, _ = M.scalers_of(model)
     np.testing.assert_allclose(x_scaler.scale_values[42:], 1 / 18)  # d in 2..20 -> [0, 1]
     np.testing.assert_allclose(x_scaler.offset_values[42:], -2 / 18)
-    table = X.regression_table(props[te], M.predict(model, x[te]))
-    mean = X.regression_table(props[te], np.repeat(props[tr].mean(0, keepdims=True), 500, 0))
+    table = regression_table(props[te], M.predict(model, x[te]))
+    mean = regression_table(props[te], np.repeat(props[tr].mean(0, keepdims=True), 500, 0))
     # measured (seeds and settings varied): R2 overall 0.44-0.63, E11/E22 0.63-0.90,
     # nu 0.05-0.45; MSE overall ~0.0076 vs 0.014 for the mean predictor
     assert table.loc["R2", "overall"] > 0.3
@@ -247,7 +255,7 @@ def test_symmetrised_model_is_exactly_invariant(cells, forward, tmp_path):
     """Averaging over the 8 symmetry images makes the model respect the physics exactly: mirror
     images get the same prediction, transposes the swapped one (as FE gives, test_fem); it saves
     and loads as one file, and its scalers are still found."""
-    model = M.symmetrize(M.load_model(M.save_model(forward[0], tmp_path / "f.keras")), "all")
+    model = M.symmetrize(M.load_model(M.save_model(forward[0], tmp_path / "f.keras")), SPACE, "all")
     x = cells["test"][0][:300]
     p = M.predict(model, x)
     tol = dict(rtol=2e-5, atol=2e-6)
@@ -258,7 +266,7 @@ def test_symmetrised_model_is_exactly_invariant(cells, forward, tmp_path):
     plain = M.predict(forward[0], x)
     assert np.abs(M.predict(forward[0], lattice.transform(x, lattice.MIRROR_X)) - plain).max() > 1e-4
     # the symmetrised prediction is the mean of the plain model over the images
-    images = [M.predict(forward[0], x[:, cin])[:, cout] for cin, cout in M.symmetry_images(42, "all")]
+    images = [M.predict(forward[0], x[:, cin])[:, cout] for cin, cout in M.symmetry_images(SPACE, 42, "all")]
     np.testing.assert_allclose(p, np.mean(images, axis=0), rtol=1e-5, atol=1e-6)
     loaded = M.load_model(M.save_model(model, tmp_path / "sym.keras"))
     np.testing.assert_allclose(M.predict(loaded, x), p, rtol=1e-6, atol=1e-7)
@@ -267,13 +275,13 @@ def test_symmetrised_model_is_exactly_invariant(cells, forward, tmp_path):
 
 def test_symmetry_images_of_tilings_swap_sizes():
     """For the size-agnostic layout a transpose also swaps d1 and d2, and FE agrees (test_tiling)."""
-    from deepdram.tiling import solve_tilings
-    from deepdram.training import augment_symmetries
+    from deepdram.learn.training import augment_symmetries
+    from deepdram.spaces.lattice.tiling import solve_tilings
 
     d = lattice.sample_designs(3.0, 4, seed=2)
     x = np.concatenate([d, np.tile([[4, 2]], (4, 1))], axis=1).astype(float)
     y = solve_tilings(d, 4, 2).properties
-    xa, ya = augment_symmetries(x, y, "all")
+    xa, ya = augment_symmetries(SPACE, x, y, "all")
     assert xa.shape == (32, 44) and ya.shape == (32, 4)
     for k in range(0, 32, 4):  # every image's label is its own FE answer
         img = xa[k : k + 4]
@@ -285,8 +293,8 @@ def test_symmetry_images_of_tilings_swap_sizes():
 def test_physics_features_cosine_and_balanced_loss(cells):
     """A size-agnostic model with the homogenisation features: the saved model computes them
     itself (same predictions as its core on the kernel's features), and the options train."""
-    from deepdram import homogenize
-    from deepdram.tiling import solve_tilings
+    from deepdram.spaces.lattice import homogenize
+    from deepdram.spaces.lattice.tiling import solve_tilings
 
     rng = np.random.default_rng(1)
     designs = cells["train"][0][:600]
@@ -295,7 +303,7 @@ def test_physics_features_cosine_and_balanced_loss(cells):
     x = np.concatenate([designs, d1[:, None], d2[:, None]], axis=1).astype(float)
     cfg = M.RegressorConfig.size_agnostic_paper(batch_size=64, epochs=3, learning_rate=1e-3, seed=2,
                                                 features="homogenized", lr_schedule="cosine", loss="balanced")
-    model, history = M.train_regressor(x[:500], y[:500], x[500:], y[500:], cfg)
+    model, history = M.train_regressor(x[:500], y[:500], x[500:], y[500:], cfg, space=SPACE)
     assert len(history["loss"]) == 3 and history["loss"][-1] < history["loss"][0]
     core = model.get_layer("core")
     x_scaler = M.scalers_of(model)[0]
@@ -383,104 +391,3 @@ def test_designs_from_probabilities():
     assert a.dtype == np.uint8 and abs(a.mean() - 0.3) < 0.01
     with pytest.raises(InputError):
         M.designs_from_probabilities(big, "argmax")
-
-
-# --- metrics -----------------------------------------------------------------------------------
-
-# [E11, E22, nu12, nu21]
-Y_TRUE = np.array([[0.10, 0.20, 0.3, -0.1], [0.20, 0.10, 0.1, 0.2], [0.30, 0.30, -0.2, 0.5], [0.0, 0.4, 0.2, 0.0]])
-Y_PRED = np.array([[0.12, 0.20, 0.2, -0.1], [0.18, 0.10, 0.1, 0.3], [0.30, 0.25, -0.1, 0.4], [0.0, 0.4, 0.2, 0.0]])
-
-
-def test_regression_table_hand_computed():
-    t = X.regression_table(Y_TRUE, Y_PRED)
-    assert list(t.columns) == ["nu12", "nu21", "E11", "E22", "overall"]
-    assert list(t.index) == ["R2", "MSE", "MAE", "RMSE"]
-    # E11: errors -0.02, 0.02, 0, 0 -> MSE 2e-4, MAE 0.01; mean 0.15, SS_tot 0.05, SS_res 8e-4
-    assert t.loc["MSE", "E11"] == pytest.approx(2e-4)
-    assert t.loc["MAE", "E11"] == pytest.approx(0.01)
-    assert t.loc["RMSE", "E11"] == pytest.approx(np.sqrt(2e-4))
-    assert t.loc["R2", "E11"] == pytest.approx(1 - 8e-4 / 0.05)
-    # nu12: errors 0.1, 0, -0.1, 0 -> MSE 0.005; mean 0.1, SS_tot 0.14 -> R2 = 1 - 0.02 / 0.14
-    assert t.loc["MSE", "nu12"] == pytest.approx(0.005)
-    assert t.loc["R2", "nu12"] == pytest.approx(1 - 0.02 / 0.14)
-    for row in t.index:  # overall = uniform mean of the four
-        assert t.loc[row, "overall"] == pytest.approx(t.loc[row, ["nu12", "nu21", "E11", "E22"]].mean())
-    assert X.regression_table(Y_TRUE, Y_TRUE).loc["R2", "overall"] == 1.0
-
-
-def test_regression_table_matches_sklearn():
-    rng = np.random.default_rng(0)
-    yt = rng.normal(size=(200, 4)) * [0.05, 0.05, 0.3, 0.3]
-    yp = yt + rng.normal(size=(200, 4)) * [0.01, 0.02, 0.1, 0.2]
-    t = X.regression_table(yt, yp)
-    cols = ["E11", "E22", "nu12", "nu21"]  # data order
-    np.testing.assert_allclose(t.loc["R2", cols], skm.r2_score(yt, yp, multioutput="raw_values"))
-    np.testing.assert_allclose(t.loc["MSE", cols], skm.mean_squared_error(yt, yp, multioutput="raw_values"))
-    np.testing.assert_allclose(t.loc["MAE", cols], skm.mean_absolute_error(yt, yp, multioutput="raw_values"))
-    np.testing.assert_allclose(t.loc["RMSE", cols], skm.root_mean_squared_error(yt, yp, multioutput="raw_values"))
-    assert t.loc["R2", "overall"] == pytest.approx(skm.r2_score(yt, yp))
-    assert t.loc["MSE", "overall"] == pytest.approx(skm.mean_squared_error(yt, yp))
-    assert t.loc["MAE", "overall"] == pytest.approx(skm.mean_absolute_error(yt, yp))
-    assert t.loc["RMSE", "overall"] == pytest.approx(skm.root_mean_squared_error(yt, yp))
-    # the paper's Table 6 overall R2 is this uniform mean
-    assert np.mean([0.9934, 0.9945, 0.9997, 0.9997]) == pytest.approx(0.9968, abs=1e-4)
-
-
-def test_flat_metrics():
-    flat = X.flat_metrics(X.regression_table(Y_TRUE, Y_PRED), "test")
-    assert len(flat) == 20
-    assert flat["test_mse_E11"] == pytest.approx(2e-4)
-    assert {"test_r2_overall", "test_r2_nu12", "test_rmse_nu21", "test_mae_E22"} <= set(flat)
-    assert all(isinstance(v, float) for v in flat.values())
-
-
-def test_auxeticity_class():
-    props = np.array([
-        [0.1, 0.1, -0.3, 0.2],   # one negative -> auxetic
-        [0.1, 0.1, 0.3, -0.2],   # one negative -> auxetic
-        [0.1, 0.1, 0.3, 0.2],    # both positive -> conventional
-        [0.1, 0.1, 0.0, 0.0],    # zero is not auxetic -> conventional
-        [0.1, 0.1, -0.3, -0.2],  # both negative -> double-auxetic
-    ])
-    np.testing.assert_array_equal(X.auxeticity_class(props), [0, 0, 1, 1, 2])
-    with pytest.raises(InputError):
-        X.auxeticity_class(props[:, :3])
-
-
-def test_reconstruction_scores_hand_and_sklearn():
-    x = np.array([[1, 1, 0, 0], [1, 0, 1, 0]])
-    p = np.array([[0.9, 0.4, 0.6, 0.1], [0.8, 0.2, 0.7, 0.5]])  # 0.5 is not > 0.5
-    s = X.reconstruction_scores(x, p)
-    # TP 3 (x[0,0], x[1,0], x[1,2]), FP 1 (x[0,2]), FN 1 (x[0,1])
-    assert s["precision"] == pytest.approx(0.75) and s["recall"] == pytest.approx(0.75)
-    assert s["f1"] == pytest.approx(0.75)
-    assert s["bit_accuracy"] == pytest.approx(6 / 8) and s["exact_match"] == 0.5
-    rng = np.random.default_rng(1)
-    x = (rng.random((300, 42)) < 0.6).astype(np.uint8)
-    p = np.clip(x * 0.7 + rng.random(x.shape) * 0.5 - 0.1, 0, 1)
-    s = X.reconstruction_scores(x, p)
-    pr, rc, f1, _ = skm.precision_recall_fscore_support(x.ravel(), (p > 0.5).ravel(), average="binary")
-    assert (s["precision"], s["recall"], s["f1"]) == pytest.approx((pr, rc, f1))
-    yt = rng.normal(0.1, 0.3, size=(300, 4))
-    yp = yt + rng.normal(0, 0.2, size=(300, 4))
-    s = X.reconstruction_scores(x, p, yt, yp)
-    cm = skm.confusion_matrix(X.auxeticity_class(yt), X.auxeticity_class(yp), labels=[0, 1, 2])
-    np.testing.assert_array_equal(s["confusion"], cm)
-    assert s["class_accuracy"] == pytest.approx(np.trace(cm) / 300)
-
-
-def test_best_of_k():
-    target = np.array([[0.1, 0.1, 0.0, 0.0], [0.2, 0.2, -0.5, -0.5]])
-    cand = np.array([
-        [[0.1, 0.1, 0.3, 0.0], [0.1, 0.1, 0.0, 0.1], [0.1, 0.1, -0.2, 0.0]],  # MSE ~ 9, 1, 4 (x 0.01/4)
-        [[0.2, 0.2, -0.5, -0.4], [0.2, 0.2, -0.5, -0.5], [np.nan, 0.2, -0.5, -0.5]],  # exact match at 1
-    ])
-    np.testing.assert_array_equal(X.best_of_k(target, cand), [1, 1])
-    idx, mse = X.best_of_k_mse(target, cand)
-    np.testing.assert_allclose(mse, [0.01 / 4, 0.0], atol=1e-15)
-    # weights change the winner: ignore nu21 -> candidate 0 or 2 vs 1 in row 0
-    np.testing.assert_array_equal(X.best_of_k(target, cand, weights=[1, 1, 1, 0])[0], 1)
-    np.testing.assert_array_equal(X.best_of_k(target, cand, weights=[1, 1, 0, 1])[0], 0)
-    with pytest.raises(InputError):
-        X.best_of_k(target, cand[:1])

@@ -1,14 +1,12 @@
-"""The served inverse designer: REAL `mlflow models serve` of `models:/deepdram-designer@champion`.
+"""deepdram.mlops.designer, served: REAL `mlflow models serve` of `models:/deepdram-designer@champion`.
 
-Tiny stand-in models (tests/test_design.py) are bundled by `designer.log_designer`, registered and
-promoted in a temporary store; the server answers requests with ranked, FE-verified designs that
-match the in-process procedure, and refuses bad requests with 400 naming the problem.
+Tiny stand-in models (conftest's `tiny_surrogates`) are bundled by `designer.log_designer`,
+registered and promoted in a temporary store; the server answers requests with ranked,
+FE-verified designs that match the in-process procedure (`design.pipeline.design`), and refuses bad
+requests with 400 naming the problem.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,46 +16,41 @@ pytest.importorskip("keras")
 
 import mlflow  # noqa: E402
 
-from deepdram import design as D  # noqa: E402
-from deepdram import designer, registry, tracking  # noqa: E402
-from deepdram.constants import BIT_COLUMNS  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_design import tiny_models  # noqa: E402
-from test_serving import Server, get, post, server_env  # noqa: E402
+from deepdram.design.pipeline import design, load_surrogates  # noqa: E402
+from deepdram.design.requests import parse_request  # noqa: E402
+from deepdram.mlops import designer, registry, tracking  # noqa: E402
+from deepdram.mlops.catalogue import DESIGNER  # noqa: E402
+from deepdram.spaces.lattice.constants import BIT_COLUMNS  # noqa: E402
+from deepdram.spaces.lattice.space import LatticeSpace  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 COLUMNS = ["E11", "E22", "nu12", "nu21", "d1", "d2"]
+SPACE = LatticeSpace()
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    root = tmp_path_factory.mktemp("designer-store")
-    uri = f"sqlite:///{(root / 'mlflow.db').as_posix()}"
-    files = tiny_models(root)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        tracking.reset()
-        tracking.configure()
-        tracking.experiment("test-designer")
-        with mlflow.start_run() as run:
-            mlflow.log_metric("design_success_rate", 1.0)
-            designer.log_designer(files)
-        assert registry.register(run.info.run_id, designer.NAME, artifact="designer") == 1
-        assert registry.promote(designer.NAME, metric="design_success_rate")["decision"] == "promoted"
-        server = Server(f"models:/{designer.NAME}@champion", root / "server.log", server_env(uri))
-        try:
-            server.wait(120)
-            yield {"server": server, "models": D.load_keras_models(files)}
-        finally:
-            server.stop()
-            tracking.reset()
+def served(mlflow_store, tiny_surrogates, model_server):
+    root = mlflow_store
+    files = tiny_surrogates(root)
+    tracking.experiment("test-designer")
+    with mlflow.start_run() as run:
+        mlflow.log_metric("design_success_rate", 1.0)
+        designer.log_designer(files)
+    assert designer.NAME == DESIGNER.name == "deepdram-designer"
+    assert registry.register(run.info.run_id, designer.NAME, artifact="designer") == 1
+    assert registry.promote(designer.NAME, metric=DESIGNER.metric)["decision"] == "promoted"
+    server = model_server.Server(f"models:/{designer.NAME}@champion", root / "server.log",
+                                 model_server.env(tracking.configure()))
+    try:
+        server.wait(120)
+        yield {"server": server, "models": load_surrogates(files), "http": model_server}
+    finally:
+        server.stop()
 
 
 def test_served_designs_match_the_in_process_procedure(served):
-    url = served["server"].url
+    url, post = served["server"].url, served["http"].post
     rows = [[0.03, 0.03, 0.1, 0.1, 4, 4], [0.03, 0.03, 0.1, 0.1, 1, 1]]
     status, body = post(url, {"dataframe_split": {"columns": COLUMNS, "data": rows},
                               "params": {"n_candidates": 2000, "top_k": 5, "seed": 3}})
@@ -66,9 +59,9 @@ def test_served_designs_match_the_in_process_procedure(served):
     assert [r["request"] for r in out] == [0] * 5 + [1] * 5
     assert [r["rank"] for r in out[:5]] == [1, 2, 3, 4, 5]
     for i, (d1, d2) in enumerate(((4, 4), (1, 1))):
-        req = D.parse_request({"target": rows[i][:4], "d1": d1, "d2": d2, "n_candidates": 2000, "top_k": 5,
-                               "seed": 3})
-        ref = D.design(served["models"], req).table
+        req = parse_request({"target": rows[i][:4], "d1": d1, "d2": d2, "n_candidates": 2000, "top_k": 5,
+                             "seed": 3})
+        ref = design(SPACE, served["models"], req).table
         got = [r for r in out if r["request"] == i]
         np.testing.assert_array_equal(np.array([[r[c] for c in BIT_COLUMNS] for r in got]),
                                       ref[list(BIT_COLUMNS)].to_numpy())
@@ -100,9 +93,9 @@ def test_served_designs_match_the_in_process_procedure(served):
      ["row 0", "nu12", "missing"]),
 ])
 def test_bad_requests_get_400_naming_the_problem(served, payload, needles):
-    url = served["server"].url
-    status, body = post(url, payload)
+    url, http = served["server"].url, served["http"]
+    status, body = http.post(url, payload)
     assert status == 400, (status, body)
     for n in needles:
         assert n in body["message"], (n, body["message"])
-    assert get(url + "/ping")[0] == 200
+    assert http.get(url + "/ping")[0] == 200

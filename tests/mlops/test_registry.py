@@ -1,7 +1,9 @@
-"""Tracking and registry: champion/challenger promotion, load by alias, batched epoch metrics.
+"""deepdram.mlops.registry and .tracking: champion/challenger promotion (also through `deepdram
+promote`), load by alias, the default store, batched epoch metrics, flat params, run context.
 
-Every test uses a temporary sqlite store (MLFLOW_TRACKING_URI in tmp), never the project's
-mlruns/. Models are tiny Dense stand-ins logged with `deepdram.serving.log_model`.
+Every test uses a temporary sqlite store (MLFLOW_TRACKING_URI in tmp, conftest's `mlflow_store`),
+never the project's mlruns/. Models are tiny Dense stand-ins logged with
+`deepdram.mlops.pyfuncs.log_model`.
 """
 
 from __future__ import annotations
@@ -22,33 +24,21 @@ keras = pytest.importorskip("keras")
 
 import mlflow  # noqa: E402
 
-from deepdram import constants, registry, serving, tracking  # noqa: E402
+from deepdram import paths  # noqa: E402
+from deepdram.cli.main import main as cli_main  # noqa: E402
 from deepdram.errors import DeepdramError  # noqa: E402
-from deepdram.lattice import sample_designs  # noqa: E402
+from deepdram.mlops import pyfuncs, registry, tracking  # noqa: E402
+from deepdram.mlops.catalogue import CHALLENGER, CHAMPION, PREVIOUS  # noqa: E402
+from deepdram.spaces.lattice.geometry import sample_designs  # noqa: E402
 
 TEST_SET = "md5-of-test-split-A"
 
 
-def tiny_model(path: Path, n_in: int, n_out: int, seed: int = 0) -> Path:
-    keras.utils.set_random_seed(seed)
-    inp = keras.Input((n_in,))
-    out = keras.layers.Dense(n_out)(keras.layers.Dense(8, activation="relu")(inp))
-    keras.Model(inp, out).save(path)
-    return path
-
-
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A temporary sqlite store for the whole module; yields its folder."""
-    root = tmp_path_factory.mktemp("store")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{(root / 'mlflow.db').as_posix()}")
-        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        tracking.reset()
-        tracking.configure()
-        tracking.experiment("test-registry")
-        yield root
-        tracking.reset()  # MLflow keeps the URI in globals and exported variables
+def store(mlflow_store):
+    """The module's temporary sqlite store (conftest); yields its folder."""
+    tracking.experiment("test-registry")
+    return mlflow_store
 
 
 def use_default_store(monkeypatch, mlruns: Path) -> None:
@@ -57,7 +47,7 @@ def use_default_store(monkeypatch, mlruns: Path) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     monkeypatch.delenv("DEEPDRAM_ROOT", raising=False)
-    monkeypatch.setattr(constants, "MLRUNS_DIR", mlruns)
+    monkeypatch.setattr(paths, "MLRUNS_DIR", mlruns)
 
 
 def back_to_module_store(monkeypatch) -> None:
@@ -79,8 +69,8 @@ def in_test_experiment(request):
 
 
 @pytest.fixture(scope="module")
-def forward_keras(tmp_path_factory) -> Path:
-    return tiny_model(tmp_path_factory.mktemp("keras") / "forward.keras", 42, 4)
+def forward_keras(tmp_path_factory, tiny_keras) -> Path:
+    return tiny_keras(tmp_path_factory.mktemp("keras") / "forward.keras", 42, 4)
 
 
 def log_run(keras_path: Path, r2: float, test_set: str | None = TEST_SET, **metrics) -> str:
@@ -89,7 +79,7 @@ def log_run(keras_path: Path, r2: float, test_set: str | None = TEST_SET, **metr
         if test_set is not None:
             tracking.log_tags({tracking.TEST_SET_TAG: test_set})
         mlflow.log_metrics({"test_r2_overall": r2, "test_mae_E11": 1.0 - r2, **metrics})
-        serving.log_model("forward", keras_path)
+        pyfuncs.log_model("forward", keras_path)
     return run.info.run_id
 
 
@@ -125,7 +115,7 @@ def test_default_store_is_the_repo_mlruns_sqlite(monkeypatch, tmp_path):
         assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
         # MLflow exports the URI; that is not taken for a user's choice once the root changes.
         assert os.environ["MLFLOW_TRACKING_URI"] == uri
-        monkeypatch.setattr(constants, "MLRUNS_DIR", tmp_path / "other" / "mlruns")
+        monkeypatch.setattr(paths, "MLRUNS_DIR", tmp_path / "other" / "mlruns")
         assert tracking.configure() == f"sqlite:///{(tmp_path / 'other' / 'mlruns' / 'mlflow.db').as_posix()}"
     finally:
         back_to_module_store(monkeypatch)
@@ -135,6 +125,7 @@ def test_default_store_is_the_repo_mlruns_sqlite(monkeypatch, tmp_path):
 
 
 def test_champion_challenger_promotion(store, forward_keras):
+    assert (CHAMPION, CHALLENGER, PREVIOUS) == ("champion", "challenger", "previous_champion")
     name = "deepdram-forward-promo"
     # 1. The first registered version becomes champion.
     v1 = registry.register(log_run(forward_keras, 0.80), name)
@@ -174,17 +165,41 @@ def test_champion_challenger_promotion(store, forward_keras):
     assert r["decision"] == "unchanged" and alias_version(name, "champion") == 2
 
 
+def test_decide_is_the_promotion_rule():
+    """The pure rule `promote` applies: same split and at least as good (within the tolerance)."""
+    from deepdram.mlops.registry import VersionFacts, decide
+
+    champ = VersionFacts(1, {"test_r2_overall": 0.8}, "split-A")
+    assert decide(VersionFacts(2, {"test_r2_overall": 0.8}, "split-A"), champ)["decision"] == "promoted"
+    worse = VersionFacts(2, {"test_r2_overall": 0.79}, "split-A")
+    assert decide(worse, champ)["decision"] == "rejected"
+    assert decide(worse, champ, tolerance=0.02)["decision"] == "promoted"
+    forced = decide(worse, champ, force=True)
+    assert forced["decision"] == "promoted" and forced["forced"] and "forced" in forced["reason"]
+    other = decide(VersionFacts(2, {"test_r2_overall": 0.99}, "split-B"), champ)
+    assert other["decision"] == "rejected" and "different test splits" in other["reason"]
+    first = decide(worse, None)
+    assert first["decision"] == "promoted" and first["champion_after"] == 2
+    assert decide(champ, champ)["decision"] == "unchanged"
+    lower = decide(VersionFacts(2, {"mae": 0.1}, "split-A"), VersionFacts(1, {"mae": 0.2}, "split-A"),
+                   metric="mae", higher_is_better=False)
+    assert lower["decision"] == "promoted" and "lower is better" in lower["reason"]
+    assert decide(VersionFacts(2, {}, "split-A"), champ)["decision"] == "rejected"  # no metric
+    with pytest.raises(DeepdramError, match="tolerance"):
+        decide(worse, champ, tolerance=-1)
+
+
 def test_force_promotes_a_worse_version_via_the_cli(store, forward_keras, capsys):
     name = "deepdram-forward-force"
     registry.register(log_run(forward_keras, 0.9), name)
     registry.promote(name)
     registry.register(log_run(forward_keras, 0.5), name)
-    assert registry.promote_main([name]) == 0
+    assert cli_main(["promote", name]) == 0
     out = capsys.readouterr().out
     assert "decision: rejected" in out and "test_r2_overall" in out and "0.9" in out and "0.5" in out
     assert alias_version(name, "champion") == 1
 
-    assert registry.promote_main([name, "--force"]) == 0
+    assert cli_main(["promote", name, "--force"]) == 0
     out = capsys.readouterr().out
     assert "decision: promoted" in out and "forced" in out
     assert alias_version(name, "champion") == 2
@@ -261,8 +276,8 @@ def test_promote_errors_are_clear(store, forward_keras, capsys):
     registry.promote(name)
     with pytest.raises(DeepdramError, match="has no challenger"):
         registry.promote(name)
-    assert registry.promote_main([name, "--version", "7"]) == 2
-    assert "has no version 7" in capsys.readouterr().err
+    assert cli_main(["promote", name, "--version", "7"]) == 2
+    assert "deepdram: error: model 'deepdram-forward-errors' has no version 7" in capsys.readouterr().err
     with mlflow.start_run() as run:  # a run that logged no model
         mlflow.log_metric("test_r2_overall", 1.0)
     with pytest.raises(DeepdramError, match="could not register"):
@@ -307,10 +322,10 @@ def test_load_champion_from_a_subfolder_of_the_repo(tmp_path, forward_keras, mon
     # A fresh process started deep inside the repo finds REPO_ROOT, the store and the artifacts.
     env = {k: v for k, v in os.environ.items()
            if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DEEPDRAM_ROOT")}
-    env["PYTHONPATH"] = str(constants.PACKAGE_DIR.parent)
+    env["PYTHONPATH"] = str(paths.PACKAGE_DIR.parent)
     code = textwrap.dedent(f"""
         import json, numpy as np
-        from deepdram import registry
+        from deepdram.mlops import registry
         m = registry.load({name!r})
         print("RESULT", json.dumps(m.predict(np.array({designs.tolist()})).to_numpy().tolist()))
     """)
@@ -395,7 +410,7 @@ def test_run_context_reads_dvc_lock(tmp_path, monkeypatch):
     (repo / "outputs" / "datasets" / "splits" / "test.parquet").write_bytes(b"x")
     (repo / "outputs" / "datasets" / "splits" / "val.parquet").write_bytes(b"y")
     (repo / "other.csv").write_text("z")
-    monkeypatch.setattr(constants, "REPO_ROOT", repo)
+    monkeypatch.setattr(paths, "REPO_ROOT", repo)
     monkeypatch.chdir(repo)
     ctx = tracking.run_context("outputs/datasets/cells.parquet", "other.csv",
                                test_set="outputs/datasets/splits/test.parquet")
@@ -404,5 +419,5 @@ def test_run_context_reads_dvc_lock(tmp_path, monkeypatch):
     assert ctx["test_set"] == "aaaabbbbccccddddaaaabbbbccccdddd"
     assert tracking.dataset_hash("outputs/datasets/splits/val.parquet") == "fedcba9876543210fedcba9876543210.dir:val.parquet"
     assert ctx["git_commit"] == tracking.git_commit(repo) and ctx["git_dirty"] in ("true", "false", "unknown")
-    if (constants.PACKAGE_DIR.parent / ".git").exists():
-        assert re.fullmatch("[0-9a-f]{40}", tracking.git_commit(constants.PACKAGE_DIR.parent))
+    if (paths.PACKAGE_DIR.parent / ".git").exists():
+        assert re.fullmatch("[0-9a-f]{40}", tracking.git_commit(paths.PACKAGE_DIR.parent))

@@ -15,7 +15,7 @@ rows after the update. The acquired (design, conditions, FE properties) rows are
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -33,27 +33,22 @@ def _copy(model):
     return clone
 
 
-class _OwnSurrogates:
-    """The request's surrogates with one role replaced by the per-request copy."""
+def _proposer(name: str) -> Method:
+    """The method that proposes designs with the current surrogate (imported here, not through the
+    registry, which imports this module)."""
+    if name == "backprop":
+        from deepdram.design.methods.backprop import BackpropMethod
 
-    def __init__(self, base, role: str, model):
-        self.base, self.role, self.model = base, role, model
-        self.models = {**base.models, role: model}
+        return BackpropMethod()
+    from deepdram.design.methods.cvae import CVAEMethod
 
-    def model_for(self, conditions):
-        return self.model
-
-    def roles_for(self, conditions):
-        return (self.role,)
-
-    def predict(self, space, designs, conditions):
-        from deepdram.design.pipeline import Surrogates
-
-        return Surrogates(self.models).predict(space, designs, conditions)
+    return CVAEMethod()
 
 
-def fit_copy(model, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int) -> None:
-    """Update `model` in place on rows (x, y): Adam on the MSE of properties scaled by their spread."""
+def fit_copy(model, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int,
+             time_left: Callable[[], float] | None = None) -> None:
+    """Update `model` in place on rows (x, y): Adam on the MSE of properties scaled by their spread,
+    stopping early when `time_left()` reaches 0."""
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -64,8 +59,21 @@ def fit_copy(model, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: 
         return keras.ops.mean(keras.ops.square(t - p) * w, axis=-1)
 
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss=loss)
+    callbacks = [] if time_left is None else [_Deadline(time_left)]
     model.fit(np.asarray(x, np.float32), np.asarray(y, np.float32), epochs=int(epochs),
-              batch_size=max(8, min(256, len(x))), verbose=0, shuffle=True)
+              batch_size=max(8, min(256, len(x))), verbose=0, shuffle=True, callbacks=callbacks)
+
+
+def _Deadline(time_left: Callable[[], float]):
+    """A Keras callback that stops training once the request's wall-time budget is spent."""
+    import keras
+
+    class Deadline(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if time_left() <= 0:
+                self.model.stop_training = True
+
+    return Deadline()
 
 
 class ActiveMethod(Method):
@@ -95,13 +103,11 @@ class ActiveMethod(Method):
 
     def _propose(self, ctx: Context, surrogates, o: dict, seen: set, n: int) -> np.ndarray:
         """The n best new valid designs the proposer finds with `surrogates` (by their predicted objective)."""
-        from deepdram.design.methods.registry import get
-
         req = ctx.request
         options = {"n_starts": o["proposer_starts"], "steps": o["proposer_steps"]} if o["proposer"] == "backprop" else {}
         sub = replace(req, method=o["proposer"], options=options,
                       n_candidates=o["proposer_candidates"] if o["proposer"] == "cvae" else req.n_candidates)
-        proposer = get(o["proposer"])
+        proposer = _proposer(o["proposer"])
         sub_ctx = Context(ctx.space, sub, surrogates, ctx.rng, ctx.objective, threads=ctx.threads,
                           started=ctx.started)
         sub_ctx.counters = ctx.counters
@@ -126,7 +132,8 @@ class ActiveMethod(Method):
         space, req = ctx.space, ctx.request
         role = ("forward",) if req.conditions is None else ("conditioned",)
         own = _copy(ctx.surrogates.model_for(req.conditions))
-        surrogates = _OwnSurrogates(ctx.surrogates, role[0], own)
+        # the request's surrogates with this role replaced by the per-request copy
+        surrogates = replace(ctx.surrogates, models={**ctx.surrogates.models, role[0]: own})
         nv = space.n_variables
         cond = np.asarray(req.conditions if req.conditions is not None else (), float)
         acquired_x, acquired_y, rounds, seen = [], [], [], set()
@@ -146,7 +153,7 @@ class ActiveMethod(Method):
             rounds.append(np.full(len(d), r))
             x_all, y_all = np.concatenate(acquired_x), np.concatenate(acquired_y)
             all_before = float(np.mean((surrogates.predict(space, x_all[:, :nv], req.conditions) - y_all) ** 2))
-            fit_copy(own, x_all, y_all, o["epochs"], o["lr"], req.seed + r)
+            fit_copy(own, x_all, y_all, o["epochs"], o["lr"], req.seed + r, ctx.time_left)
             after = float(np.mean((surrogates.predict(space, x_all[:, :nv], req.conditions) - y_all) ** 2))
             ctx.records.append({"round": r, "fe_calls": int(ctx.counters["fe_calls"]), "acquired": len(y_all),
                                 "new_rows": len(d), "surrogate_mse_new_rows": before,

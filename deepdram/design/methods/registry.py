@@ -14,7 +14,7 @@ from deepdram.design.methods.base import Method
 from deepdram.errors import InputError
 from deepdram.spaces.base import DesignSpace
 
-NAMES = ("cvae", "backprop", "active", "ga", "topopt", "random")
+from deepdram.design.methods.names import BUILT_IN as NAMES  # noqa: E402
 EXTRA: dict[str, type[Method]] = {}  # methods registered at run time (`register`), e.g. by a plugin
 
 
@@ -72,6 +72,11 @@ def check_method(name: str, space: DesignSpace, where: str = "method") -> None:
 def check_options(name: str, options: Mapping, where: str = "options") -> dict:
     """The method's checked options."""
     return method_class(name).check_options(options, where)
+
+
+def check_all_options(methods: Mapping[str, Mapping | None], where: str) -> dict[str, dict]:
+    """Each method's checked options (InputError naming `where`.method.option otherwise)."""
+    return {name: check_options(name, options or {}, f"{where}.{name}") for name, options in methods.items()}
 
 
 def get(name: str) -> Method:

@@ -99,7 +99,9 @@ class TopOptMethod(Method):
             if ctx.time_left() <= 0 or ctx.fe_left() < cost + len(space.binarised_counts(x, ctx.request.constraints)):
                 break
             props, g = self._gradient(ctx, x, o)
-            ctx.note_fe(props)
+            if not space.binary:
+                # on binary spaces the relaxed densities are no design: the trace gets the binarised ones
+                ctx.note_fe(props)
             x = np.clip(x - (o["step"] * normalised(g) if o["update"] == "seed" else adam.step(g)), lo, hi)
         if space.binary:
             from deepdram.design.methods.backprop import binarise
@@ -107,6 +109,10 @@ class TopOptMethod(Method):
             designs = np.concatenate([binarise(x, k) for k in space.binarised_counts(x, ctx.request.constraints)])
         else:
             designs = x
-        designs = designs[: int(max(1, min(len(designs), ctx.fe_left())))]
-        props, extras = ctx.evaluate(designs)
-        yield Batch(designs, props, extras, work=ctx.request.n_candidates)
+        ok = space.is_valid(designs) & space.meets(designs, ctx.request.constraints)
+        keys = space.keys(designs)
+        first = [i for i in sorted(np.unique(keys, return_index=True)[1]) if ok[i]]
+        designs = designs[first][: int(max(0, min(len(first), ctx.fe_left())))]
+        if len(designs):
+            props, extras = ctx.evaluate(designs)
+            yield Batch(designs, props, extras, work=ctx.request.n_candidates)

@@ -1,1 +1,1 @@
-"""search"""
+"""Hyperparameter search: Optuna and Keras-Tuner backends, the CV objective, trials as nested MLflow runs."""

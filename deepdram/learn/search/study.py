@@ -32,7 +32,8 @@ import numpy as np
 
 from deepdram.errors import DeepdramError
 from deepdram.learn.search.config import DATA_KEYS, TuneConfig, _plain, architecture
-from deepdram.learn.search.trials import Objective, TrialLogger, _client, _redact, fail_orphans, parent_run
+from deepdram.learn.search.trials import (TAG_TRIAL, Objective, TrialLogger, _client, _redact, fail_orphans,
+                                          parent_run, run_name)
 
 
 def _savefig(fig_or_ax, path: Path) -> None:
@@ -47,8 +48,42 @@ def _savefig(fig_or_ax, path: Path) -> None:
     plt.close(fig)
 
 
-def study_artifacts(study, out_dir: Path) -> list[Path]:
-    """Optimisation history, parameter importances, parallel coordinates (PNG) and a trials CSV."""
+def leaderboard(study, score: str = "value"):
+    """The study's summary table, one row per trial, best first (completed trials by score, then the
+    pruned and failed ones by number): rank, trial, run (its MLflow child run's name), state,
+    cv_<score>, duration_s and the trial's parameters (`param.<name>`)."""
+    import pandas as pd
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+    trials = sorted(study.get_trials(deepcopy=False),
+                    key=lambda t: (0, sign * t.value, t.number) if t.state == TrialState.COMPLETE and t.value is not None
+                    else (1, 0.0, t.number))
+    rows = [{"rank": i + 1, "trial": t.number, "run": run_name(t.number), "state": t.state.name.lower(),
+             f"cv_{score}": t.value if t.state == TrialState.COMPLETE else None,
+             "duration_s": round(t.duration.total_seconds(), 3) if t.duration is not None else None,
+             **{f"param.{k}": v for k, v in t.params.items()}} for i, t in enumerate(trials)]
+    return pd.DataFrame(rows)
+
+
+def _summary_note(head: str, board, score: str, top: int = 10) -> str:
+    """The parent run's description (Markdown): `head`, then the `top` best trials as a table."""
+    done = board[board["state"] == "complete"].head(top)
+    if done.empty:
+        return head
+    cols = ["rank", "run", f"cv_{score}", "duration_s", *[c for c in board.columns if c.startswith("param.")]]
+    lines = ["| " + " | ".join(c.removeprefix("param.") for c in cols) + " |", "|" + " --- |" * len(cols)]
+    for _, row in done[cols].iterrows():
+        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return (f"{head}\n\nBest {len(done)} of {len(board)} trials (all of them: artifact `study/leaderboard.csv`):\n\n"
+            + "\n".join(lines))
+
+
+def study_artifacts(study, out_dir: Path, score: str = "value") -> list[Path]:
+    """Optimisation history, parameter importances, parallel coordinates (PNG), a trials CSV and the
+    leaderboard CSV (`leaderboard`: one row per trial, best first, with its child run's name)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,6 +93,8 @@ def study_artifacts(study, out_dir: Path) -> list[Path]:
     written = []
     study.trials_dataframe().to_csv(out_dir / "trials.csv", index=False)
     written.append(out_dir / "trials.csv")
+    leaderboard(study, score).to_csv(out_dir / "leaderboard.csv", index=False)
+    written.append(out_dir / "leaderboard.csv")
     plots = {"optimization_history.png": vis.plot_optimization_history,
              "param_importances.png": vis.plot_param_importances,
              "parallel_coordinate.png": vis.plot_parallel_coordinate}
@@ -151,9 +188,9 @@ def tune(cfg: TuneConfig, data: Mapping, n_trials: int | None = None, worker: in
     record = best_record(cfg, study, space.n_variables)
     best_path = write_best(record, out_dir / f"{cfg.model}_best.yaml")
     art = out_dir / f"{cfg.model}_study"
-    files = study_artifacts(study, art)
+    files = study_artifacts(study, art, cfg.score)
     c = _client()
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Metric, Param, RunTag
 
     now = int(time.time() * 1000)
     sc = record["study"]
@@ -166,7 +203,19 @@ def tune(cfg: TuneConfig, data: Mapping, n_trials: int | None = None, worker: in
     space_params = [Param(f"space.{k}", str(v)[:6000]) for k, v in cfg.space.items() if f"space.{k}" not in existing]
     fixed = {"backend": cfg.backend, "folds": cfg.folds, "rows": cfg.rows, **{f"fit.{k}": v for k, v in cfg.fit.items()}}
     space_params += [Param(k, str(v)) for k, v in fixed.items() if k not in existing]
-    c.log_batch(parent, metrics=metrics, params=space_params)
+    # The parent names its best trial and shows the best ten in its description: with thousands of
+    # children the UI lists them 10 (run page) or 100 (runs table) at a time, newest first.
+    best_runs = c.search_runs([logger.experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{parent}' and tags.`{TAG_TRIAL}` = '{sc['best_trial']}'",
+                              max_results=10)
+    head = f"{cfg.backend} study {cfg.study_name}: one nested run per trial"
+    counts = (f"{sc['trials']} trials: {sc['complete']} complete, {sc['pruned']} pruned, {sc['fail']} failed; "
+              f"best {run_name(sc['best_trial'])} (cv_{cfg.score} = {sc[f'cv_{cfg.score}']:.4g})")
+    tags = [RunTag("deepdram.best_trial", str(sc["best_trial"])), RunTag("deepdram.best_run", run_name(sc["best_trial"])),
+            RunTag("mlflow.note.content",
+                   _summary_note(f"{head}. {counts}.", leaderboard(study, cfg.score), cfg.score)[:5000])]
+    tags += [RunTag("deepdram.best_run_id", r.info.run_id) for r in best_runs[:1]]
+    c.log_batch(parent, metrics=metrics, params=space_params, tags=tags)
     for f in [best_path, *files]:
         c.log_artifact(parent, str(f), "study")
     c.set_terminated(parent, "FINISHED")

@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 
+from deepdram.data.atomic import pause_point
 from deepdram.learn.search.config import EXPERIMENT, TuneConfig, _plain
 from deepdram.learn.search.objective import CVResult, cross_validate, kfold
 
@@ -55,6 +56,11 @@ def parent_run(study_name: str, model: str, backend: str, storage: str) -> str:
     return run_id
 
 
+def run_name(number: int) -> str:
+    """The MLflow run name of a trial's child run (trial-0007; unique within its study)."""
+    return f"trial-{number:04d}"
+
+
 def experiment_name() -> str:
     """MLflow experiment holding all studies ($DEEPDRAM_TUNING_EXPERIMENT overrides)."""
     return os.environ.get("DEEPDRAM_TUNING_EXPERIMENT", EXPERIMENT)
@@ -83,7 +89,7 @@ class TrialLogger:
 
     def start(self, number: int, values: Mapping) -> tuple[str, float]:
         t0 = time.perf_counter()
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number:04d}", tags={
+        run = self.client.create_run(self.experiment_id, run_name=run_name(number), tags={
             "mlflow.parentRunId": self.parent_id, TAG_STUDY: self.study_name, TAG_ROLE: "trial",
             TAG_TRIAL: str(number), TAG_STATE: "running", "deepdram.kind": self.model,
             "deepdram.worker": self.worker})
@@ -148,6 +154,7 @@ class Objective:
             duplicate_of: tuple[int, float] | None = None) -> float:
         values = _plain(values)
         run_id, overhead = self.logger.start(number, values)
+        pause_point(f"tune_{self.cfg.model}:trial-{number}")  # crash tests: the trial and its run are RUNNING
         t0 = time.perf_counter()
         name = self.cfg.score
         if duplicate_of is not None:

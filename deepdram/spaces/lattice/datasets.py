@@ -291,3 +291,58 @@ def build_tilings(cells: pd.DataFrame, cfg, out_dir: Path, scratch_root: Path, c
     run_shards(client, "tilings: simulate", paths, tasks, simulate_tilings_task, unit="tiling")
     publish(paths, out_dir)
     return {"rows": len(plan), "cells": int(plan["cell"].nunique()), "shards": len(tasks)}
+
+
+# --- fresh evaluation sets (the evaluate stage) ---------------------------------------------------
+
+
+def dataset_keys(path: Path) -> np.ndarray:
+    """Sorted unique design keys of a (sharded) Parquet table, read shard by shard (bits only)."""
+    from deepdram.spaces.lattice.geometry import to_keys
+
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    keys = [to_keys(pd.read_parquet(f, columns=list(BIT_COLUMNS)).to_numpy(np.uint8)) for f in files]
+    return np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.uint64)
+
+
+def fresh_designs(zgs, n_per_zg: int, seed: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(designs, zg): n uniform valid designs per Z_g that no key in `exclude` (sorted) matches."""
+    from deepdram.spaces.lattice.geometry import sample_designs, to_keys
+
+    designs, zg = [], []
+    for g, z in enumerate(zgs):
+        got = np.zeros((0, N_BEAMS), np.uint8)
+        rounds = 0
+        while len(got) < n_per_zg:
+            d = sample_designs(z, 2 * n_per_zg, [seed, 7919, int(round(z * 10)), rounds])
+            keep = ~np.isin(to_keys(d), exclude, assume_unique=False)
+            got = np.concatenate([got, d[keep]])
+            got = got[np.sort(np.unique(to_keys(got), return_index=True)[1])]
+            rounds += 1
+        designs.append(got[:n_per_zg])
+        zg.append(np.full(n_per_zg, z))
+    return np.concatenate(designs), np.concatenate(zg)
+
+
+def fresh_cells(zgs, n_per_zg: int, seed: int, exclude: np.ndarray) -> pd.DataFrame:
+    """A fresh FE-labelled cells table (the cells stage's columns) of designs absent from `exclude`."""
+    from deepdram.spaces.lattice.fem import cell_properties
+
+    d, zg = fresh_designs(zgs, n_per_zg, seed, exclude)
+    return cells_frame(d, zg, cell_properties(d))
+
+
+def fresh_tilings(zgs, n: int, sizes, seed: int, exclude: np.ndarray) -> pd.DataFrame:
+    """n fresh FE-labelled tilings (equal numbers per Z_g) at sizes drawn uniformly from sizes x sizes."""
+    from deepdram.spaces.lattice.tiling import solve_tilings
+
+    per = int(np.ceil(n / len(zgs)))
+    d, zg = fresh_designs(zgs, per, seed + 1, exclude)
+    pick = np.sort(np.random.default_rng([seed, 2]).permutation(len(d))[:n])
+    d, zg = d[pick], zg[pick]
+    grid = np.array([(a, b) for a in sizes for b in sizes])
+    ab = grid[np.random.default_rng([seed, 3]).integers(len(grid), size=len(d))]
+    df = cells_frame(d, zg, solve_tilings(d, ab[:, 0], ab[:, 1], validate=False).properties)
+    df.insert(N_BEAMS + 1, "d1", ab[:, 0].astype(np.int64))
+    df.insert(N_BEAMS + 2, "d2", ab[:, 1].astype(np.int64))
+    return df

@@ -1,1 +1,1 @@
-"""peaks"""
+"""The peaks space: MATLAB's peaks on [-3, 3]^2, the GIDN seed's demonstration problem."""

@@ -2,7 +2,8 @@
 
 The fixture starts its own PostgreSQL cluster (Debian package `postgresql`: initdb + pg_ctl) in a
 temporary folder on a free port of 127.0.0.1; as root it runs the server as the `postgres` user.
-Skipped when the PostgreSQL server binaries are not installed.
+Skipped when the PostgreSQL server binaries are not installed (a failure instead with
+DEEPDRAM_REQUIRE_POSTGRES=1, as .ci/run sets). The tiny study is conftest.py's `tuning_kit`.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import pytest
 pytest.importorskip("optuna")
 pytest.importorskip("psycopg2")
 
-from deepdram import tracking, tuning  # noqa: E402
-from test_tuning import TUNE, cli_env, make_root, tiny_cells, tiny_params  # noqa: E402
+from deepdram.learn.search.config import EXPERIMENT  # noqa: E402
+from deepdram.learn.search.trials import TAG_ROLE, TAG_TRIAL  # noqa: E402
+from deepdram.mlops import tracking  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -74,21 +76,24 @@ def postgres():
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_two_workers_share_one_study(tmp_path, postgres):
+def test_two_workers_share_one_study(tmp_path, postgres, tuning_kit):
     import optuna
 
-    params = tiny_params(trials=6)
-    root = make_root(tmp_path / "root", tiny_cells(160), params)
+    params = tuning_kit.params(trials=6)
+    root = tuning_kit.project(tmp_path / "root", tuning_kit.cells(160), params)
     # plain postgresql:// for Optuna (deepdram picks the driver); MLflow needs the pinned driver named
     mlflow_uri, storage = f"{postgres}/mlflow".replace("postgresql://", "postgresql+psycopg2://"), f"{postgres}/optuna"
     with pytest.MonkeyPatch.context() as mp:  # create MLflow's tables once, before the workers race
+        # A server store's experiment gets the default artifact root ./mlruns, resolved here: in tmp_path.
+        mp.chdir(tmp_path)
         mp.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
         tracking.reset()
         tracking.configure()
-        tracking.experiment(tuning.EXPERIMENT)
+        tracking.experiment(EXPERIMENT)
         tracking.reset()
-    env = cli_env(root, mlflow_uri)
-    procs = [subprocess.Popen([*TUNE, "forward", "--storage", storage, "--trials", "3", "--worker", str(w), "-q"],
+    env = tuning_kit.env(root, mlflow_uri)
+    procs = [subprocess.Popen([*tuning_kit.tune, "forward", "--storage", storage, "--trials", "3",
+                               "--worker", str(w), "-q"],
                               env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for w in (1, 2)]
     outs = []
@@ -98,11 +103,11 @@ def test_two_workers_share_one_study(tmp_path, postgres):
         outs.append(json.loads(so[so.index("{"):]))
     assert [o["trials_run"] for o in outs] == [3, 3]
 
-    cfg = tuning.tune_config(params, "forward")
+    cfg = tuning_kit.config(params, "forward", root / "outputs" / "tuning")
     trials = optuna.load_study(study_name=cfg.study_name, storage=storage.replace("postgresql://", "postgresql+psycopg2://")).get_trials()
     assert len(trials) == 6 and [t.number for t in trials] == list(range(6))
     assert all(t.state.name in ("COMPLETE", "PRUNED", "FAIL") for t in trials)
-    assert trials[0].params == tiny_params()["tune_forward"]["paper"]  # enqueued once, by one worker
+    assert trials[0].params == tuning_kit.paper  # enqueued once, by one worker
     assert sum(t.params == trials[0].params for t in trials if "fixed_params" in t.system_attrs) == 1
 
     assert outs[0]["parent_run_id"] == outs[1]["parent_run_id"]  # both workers agreed on one parent run
@@ -111,13 +116,14 @@ def test_two_workers_share_one_study(tmp_path, postgres):
         tracking.reset()
         tracking.configure()
         c = tracking.client()
-        exp = c.get_experiment_by_name(tuning.EXPERIMENT).experiment_id
-        parents = c.search_runs([exp], f"tags.`{tuning.TAG_ROLE}` = 'parent'")
+        exp = c.get_experiment_by_name(EXPERIMENT).experiment_id
+        assert tmp_path.resolve().as_posix() in c.get_experiment(exp).artifact_location  # not the repo's mlruns/
+        parents = c.search_runs([exp], f"tags.`{TAG_ROLE}` = 'parent'")
         assert [r.info.run_id for r in parents] == [outs[0]["parent_run_id"]]
         runs = c.search_runs([exp], f"tags.`mlflow.parentRunId` = '{outs[0]['parent_run_id']}'")
         by_trial: dict[int, list] = {}
         for r in runs:
-            by_trial.setdefault(int(r.data.tags[tuning.TAG_TRIAL]), []).append(r)
+            by_trial.setdefault(int(r.data.tags[TAG_TRIAL]), []).append(r)
         # every trial is in MLflow exactly once, with its params; each was run by exactly one worker
         assert sorted(by_trial) == list(range(6)) and all(len(v) == 1 for v in by_trial.values())
         for t in trials:

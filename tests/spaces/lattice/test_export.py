@@ -13,10 +13,10 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from deepdram import export
-from deepdram.constants import CELL_SIZE, DEPTH, THICKNESS
 from deepdram.errors import InputError
-from deepdram.lattice import sample_designs, tiling_geometry
+from deepdram.spaces.lattice import export
+from deepdram.spaces.lattice.constants import CELL_SIZE, DEPTH, THICKNESS
+from deepdram.spaces.lattice.geometry import sample_designs, tiling_geometry
 
 pytest.importorskip("manifold3d")
 

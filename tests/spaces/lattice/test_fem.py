@@ -1,4 +1,4 @@
-"""Tests of deepdram.fem against independent truth.
+"""Tests of deepdram.spaces.lattice.fem against independent truth.
 
 Truth sources: the reference values of SPEC section 5; closed-form beam theory (axial bar,
 Timoshenko cantilever, rigid-body modes, rotation invariance); an independent assembly and
@@ -12,9 +12,10 @@ import calfem.core as cfc
 import numpy as np
 import pytest
 
-from deepdram import fem, lattice
-from deepdram.constants import AREA, E_B, G_B, INERTIA, K_S, THICKNESS
 from deepdram.errors import InputError
+from deepdram.spaces.lattice import fem
+from deepdram.spaces.lattice import geometry as lattice
+from deepdram.spaces.lattice.constants import AREA, E_B, G_B, INERTIA, K_S, THICKNESS
 
 ZGS = (2.5, 3.0, 3.5, 4.0, 4.5)
 EPS = 0.05  # applied strain, SPEC section 3

@@ -1,4 +1,4 @@
-"""Tests of deepdram.lattice against independent truth.
+"""Tests of deepdram.spaces.lattice.geometry against independent truth.
 
 Truth sources: the geometry rules of SPEC section 1 (re-derived here), networkx connected
 components for validity, the acceptance rates measured in SPEC section 1, Python integer
@@ -12,8 +12,8 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from deepdram import lattice
 from deepdram.errors import InputError
+from deepdram.spaces.lattice import geometry as lattice
 
 ZGS = (2.5, 3.0, 3.5, 4.0, 4.5)
 SPEC_ACCEPTANCE = {2.5: 0.331, 3.0: 0.650, 3.5: 0.856, 4.0: 0.956, 4.5: 0.993}

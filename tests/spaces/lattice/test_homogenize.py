@@ -1,4 +1,4 @@
-"""Tests of deepdram.homogenize (periodic homogenisation) and the in-model Homogenization layer.
+"""Tests of deepdram.spaces.lattice.homogenize (periodic homogenisation) and the in-model Homogenization layer.
 
 Truth: closed-form lattice stiffnesses (a square grid of beams: axial C11 = t/s exactly, bending-
 dominated shear C66 = (t/s)^3 / 2 with Timoshenko's shear correction; the fully braced grid
@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deepdram import homogenize as H
-from deepdram import lattice
-from deepdram.constants import E_B, G_B, K_S, SPACING, THICKNESS, ZG_VALUES
 from deepdram.errors import InputError
+from deepdram.spaces.lattice import geometry as lattice
+from deepdram.spaces.lattice import homogenize as H
+from deepdram.spaces.lattice.constants import E_B, G_B, K_S, SPACING, THICKNESS, ZG_VALUES
 
 T_OVER_S = THICKNESS / SPACING
 GRID = np.zeros((1, 42), np.uint8)
@@ -91,15 +91,16 @@ def test_keras_layer_matches_numpy(tmp_path):
     survives a save / load round trip inside a model."""
     import keras
 
-    from deepdram import models as M
+    from deepdram.learn import models as M
+    from deepdram.spaces.lattice.layers import HOMOGENIZED, Homogenization
 
     d = np.concatenate([lattice.sample_designs(zg, 200, seed=5) for zg in ZG_VALUES])
     ref = H.features(d)
     inp = keras.Input((42,))
-    model = keras.Model(inp, M.Homogenization(name="homogenization")(inp))
+    model = keras.Model(inp, Homogenization(name="homogenization")(inp))
     got = M.predict(model, d)
     scale = np.abs(ref).max(axis=0)
     assert np.max(np.abs(got - ref) / scale) < 1e-4
     path = M.save_model(model, tmp_path / "h.keras")
     np.testing.assert_allclose(M.predict(M.load_model(path), d), got, rtol=1e-6, atol=1e-9)
-    assert M.N_HOMOGENIZED == H.N_FEATURES
+    assert HOMOGENIZED.n_features == H.N_FEATURES

@@ -13,9 +13,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from deepdram import fem, lattice, report, tiling
-from deepdram.constants import BIT_COLUMNS, PAPER_TABLES_PATH, PROPERTY_COLUMNS, TILING_SIZES, ZG_VALUES
 from deepdram.errors import InputError
+from deepdram.paths import PAPER_TABLES_PATH
+from deepdram.spaces.lattice import fem, report, tiling
+from deepdram.spaces.lattice import geometry as lattice
+from deepdram.spaces.lattice.constants import BIT_COLUMNS, PROPERTY_COLUMNS, TILING_SIZES, ZG_VALUES
 
 PAPER = yaml.safe_load(PAPER_TABLES_PATH.read_text())
 FILES = (
@@ -291,14 +293,16 @@ def test_bad_inputs_raise_input_error(data, tmp_path):
 
 
 def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
-    target = tmp_path / "x.csv"
+    """The report's PNG writer (through deepdram.data.atomic) keeps the old file when saving fails."""
+    target = tmp_path / "x.png"
     target.write_text("old\n")
 
-    def crash(fh):
-        fh.write(b"half a fi")
-        raise RuntimeError("disk on fire")
+    class CrashingFigure:
+        def savefig(self, fh, **kwargs):
+            fh.write(b"half a fi")
+            raise RuntimeError("disk on fire")
 
-    with pytest.raises(RuntimeError):
-        report._atomic_write(target, crash)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        report._save_png(target, CrashingFigure())
     assert target.read_text() == "old\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["x.csv"]
+    assert [p.name for p in tmp_path.iterdir()] == ["x.png"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deepdram import fem, lattice, tiling
 from deepdram.errors import InputError
+from deepdram.spaces.lattice import fem, tiling
+from deepdram.spaces.lattice import geometry as lattice
 
 FULL = np.ones(42, dtype=np.uint8)
 
