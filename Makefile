@@ -12,12 +12,14 @@ export DO_NOT_TRACK := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install services data repro test test-fast bench bench-scale ui serve clean
+.PHONY: help install services data repro test test-fast bench bench-scale ui serve deps clean
 TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 UI_PORT ?= 5000
 SCALE_TRIALS ?= 2000
 MODEL ?= deepdram-forward
 PORT ?= 5001
+# `make ui` and `make serve` listen on the loopback address only; HOST=0.0.0.0 (say so) exposes them.
+HOST ?= 127.0.0.1
 
 # Stage commands in dvc.yaml call `python`: make it the project's environment.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
@@ -51,19 +53,26 @@ test-fast: data ## Run the test suite without the slow end-to-end tests
 
 bench: $(STAMP) services ## Run the benchmarks and print measured figures against their targets
 	$(PY) benchmarks/bench_fem.py
+	$(PY) benchmarks/bench_adjoint.py
 	$(PY) benchmarks/bench_design.py
+	$(PY) benchmarks/bench_inverse.py
+	$(PY) benchmarks/bench_composite.py
+	$(PY) benchmarks/bench_serving.py
 	$(PY) benchmarks/bench_tuning.py
 	$(PY) benchmarks/bench_mlflow_scale.py --trials $(SCALE_TRIALS)
 
 bench-scale: $(STAMP) services ## MLflow at the paper's scale alone: make bench-scale [SCALE_TRIALS=2000]
 	$(PY) benchmarks/bench_mlflow_scale.py --trials $(SCALE_TRIALS)
 
-ui: $(STAMP) ## Start the MLflow UI on http://127.0.0.1:5000 (project store: mlruns/mlflow.db)
-	$(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(UI_PORT)
+ui: $(STAMP) ## Start the MLflow UI on http://127.0.0.1:5000 (project store: mlruns/mlflow.db) [HOST=127.0.0.1]
+	$(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI) --host $(HOST) --port $(UI_PORT)
 
-serve: $(STAMP) ## Serve a champion model: make serve MODEL=deepdram-forward [PORT=5001]
+serve: $(STAMP) ## Serve a champion model: make serve MODEL=deepdram-forward [PORT=5001 HOST=127.0.0.1]
 	MLFLOW_TRACKING_URI=$(TRACKING_URI) $(VENV)/bin/mlflow models serve \
-	  -m models:/$(MODEL)@champion --env-manager local -h 127.0.0.1 -p $(PORT)
+	  -m models:/$(MODEL)@champion --env-manager local -h $(HOST) -p $(PORT)
+
+deps: $(STAMP) ## Check that dvc.yaml lists each stage's import closure and params (fix: python -m deepdram.jobs.deps --write)
+	$(PY) -m deepdram.jobs.deps
 
 clean: ## Remove caches (keeps .venv, outputs and mlruns)
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from deepdram import fem, lattice, tiling
-from deepdram.constants import ZG_VALUES
+from deepdram.spaces.lattice import fem, geometry, tiling
+from deepdram.spaces.lattice.constants import ZG_VALUES
 
 PAPER_S_PER_CELL = 5.42e-4  # Deep-DRAM supplementary Figure 3 (MATLAB)
 TARGET_CELL = 5e-6
@@ -35,7 +35,7 @@ def best_of(fn, repeat: int) -> float:
 def mixed_designs(n: int, seed: int) -> np.ndarray:
     """n valid designs, equal numbers per Z_g."""
     per = n // len(ZG_VALUES)
-    return np.concatenate([lattice.sample_designs(z, per, seed + k) for k, z in enumerate(ZG_VALUES)])
+    return np.concatenate([geometry.sample_designs(z, per, seed + k) for k, z in enumerate(ZG_VALUES)])
 
 
 def verdict(ok: bool) -> str:
@@ -75,7 +75,7 @@ def bench_tilings(sizes: list[int], n_designs: int, n_baseline: int, repeat: int
         t_stress = best_of(lambda: tiling.solve_tilings(designs, d, d, stress=True), repeat) / n_designs
         base, ref = [], []
         for design in designs[:n_baseline]:
-            nodes, beams = lattice.tiling_geometry(design, d, d)
+            nodes, beams = geometry.tiling_geometry(design, d, d)
             t = time.perf_counter()
             props, _, _ = fem.solve_frame(nodes, beams, 3 * d + 1, 3 * d + 1, sparse=True)
             base.append(time.perf_counter() - t)

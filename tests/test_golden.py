@@ -67,7 +67,12 @@ def test_cli_answers_as_before(cli_run, rec):
     if rec["name"] in OUTPUT_FILES:
         name = OUTPUT_FILES[rec["name"]]
         if name.endswith(".csv"):
-            assert (cli_run / "cli" / name).read_text() == (GOLDEN / "cli" / name).read_text()
+            got_t, want_t = pd.read_csv(cli_run / "cli" / name), pd.read_csv(GOLDEN / "cli" / name)
+            # the same columns, designs and sizes exactly; FE figures to rounding (a sparse solve's
+            # last bits depend on the CPU's vector units: CI's differ from the recording machine's)
+            pd.testing.assert_frame_equal(got_t, want_t, check_exact=False, rtol=1e-10, atol=0)
+            assert list(got_t.select_dtypes("int").columns) == list(want_t.select_dtypes("int").columns)
+            assert got_t.select_dtypes("int").equals(want_t.select_dtypes("int"))
         else:
             pd.testing.assert_frame_equal(pd.read_parquet(cli_run / "cli" / name), pd.read_parquet(GOLDEN / "cli" / name))
 

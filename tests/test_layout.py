@@ -5,7 +5,6 @@ and no test module imports another (shared fixtures live in tests/conftest.py)."
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 from deepdram.paths import REPO_ROOT
 

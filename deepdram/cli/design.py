@@ -84,7 +84,9 @@ Examples:
 def add(sub) -> None:
     p = add_parser(sub, "design", "inverse design: structures with target properties (or the most toughness), "
                    "FE-checked, ranked; methods cvae, backprop, active, ga, topopt, random", DESCRIPTION, EPILOG)
-    p.add_argument("--space", choices=("lattice", "composite", "peaks"), default=None,
+    from deepdram.spaces.registry import NAMES as SPACE_NAMES
+
+    p.add_argument("--space", choices=SPACE_NAMES, default=None,
                    help="design space (default: lattice, or the request file's)")
     p.add_argument("--target", metavar="E11=..,E22=..,nu12=..,nu21=..",
                    help="target properties E11/Eb, E22/Eb, nu12, nu21 (all four, comma-separated)")

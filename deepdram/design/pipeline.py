@@ -362,10 +362,16 @@ def sweep(space: DesignSpace, s: Surrogates, grid: DesignGrid, progress=None, ke
     Returns (table, envelope): one row per (target, size) with counts and the best design's key;
     and up to `keep_designs` distinct generated designs per target (for the Fig. 2b envelope).
     `single_image` screens with the single-image network inside symmetrised surrogates (one term
-    of their average: 4-8x cheaper; the requests always use the saved models).
+    of their average: 4-8x cheaper; the requests always use the saved models). Each distinct
+    design is validated and predicted once per sweep, at every size (`design.screening`).
     """
     import pandas as pd
 
+    from deepdram.design.screening import (
+        PredictionCache,
+        PredictorAtConditions,
+        screen_batch,
+    )
     from deepdram.learn.generation import generate, generator_decoder, latent_size
     from deepdram.learn.models import inner_regressor
 
@@ -373,25 +379,28 @@ def sweep(space: DesignSpace, s: Surrogates, grid: DesignGrid, progress=None, ke
         s = Surrogates({k: (inner_regressor(m) if k != "generator" else m) for k, m in s.models.items()})
     gen = s.models["generator"]
     latent = latent_size(gen, space.n_properties)
+    conds = [space.parse_conditions(dict(zip(space.conditions, size)), "sweep") for size in grid.sizes]
+    predict_all = PredictorAtConditions.build(space, s, conds)
+    cache = PredictionCache(len(conds), space.n_properties)
     rows, envelope = [], []
     for t_idx, target in enumerate(grid.targets):
         rng = np.random.default_rng([grid.seed, t_idx])
         raw = generate(generator_decoder(gen, grid.n_candidates), np.asarray(target, np.float32)[None],
                        grid.n_candidates, latent, rng, grid.rule)
-        d, _, n_valid, n_distinct = space.distinct_valid(raw)
+        sc = screen_batch(space, raw, predict_all, cache, len(conds))
+        d = sc.designs
         envelope.append(d[rng.permutation(len(d))[:keep_designs]])
-        for size in grid.sizes:
-            cond = space.parse_conditions(dict(zip(space.conditions, size)), "sweep")
-            pred = s.predict(space, d, cond)
+        for j, size in enumerate(grid.sizes):
+            pred = sc.pred[:, j]
             err = mse(pred, target)
             b = int(np.argmin(err)) if len(err) else -1
             row = {"target": t_idx, **dict(zip(space.properties, map(float, target))),
                    **dict(zip(space.conditions, size)),
-                   "candidates": grid.n_candidates, "valid": n_valid, "distinct": n_distinct,
+                   "candidates": grid.n_candidates, "valid": sc.n_valid, "distinct": sc.n_distinct,
                    "accepted": int((err <= grid.mse_threshold).sum()),
                    "best_mse_pred": float(err[b]) if b >= 0 else np.nan,
                    **{f"pred_{c}": float(pred[b, i]) if b >= 0 else np.nan for i, c in enumerate(space.properties)},
-                   "best_key": int(space.keys(d[b:b + 1])[0]) if b >= 0 else -1}
+                   "best_key": int(sc.keys[b]) if b >= 0 else -1}
             rows.append(row)
         if progress is not None:
             progress(1)

@@ -75,48 +75,70 @@ def plot_curves(curves_by_axis: dict, path: Path) -> None:
     figure(path, draw, size=(11, 4))
 
 
-def job(params) -> dict:
-    import mlflow
-    from tqdm import tqdm
+def prepare(sec):
+    """(space, target requests, champion surrogates, their versions, the variances by request) of the
+    head-to-head: what the stage and `benchmarks/bench_inverse.py` run."""
+    import tempfile
 
-    from deepdram.data.atomic import write_json, write_text
     from deepdram.data.splits import split_rows
-    from deepdram.design.compare import Race, curves, run_race, summarise
     from deepdram.design.methods.registry import check_all_options
     from deepdram.design.pipeline import load_surrogates
     from deepdram.jobs.runner import read_table
-    from deepdram.mlops import tracking
     from deepdram.mlops.champions import champion_files
-    from deepdram.paths import OUTPUTS_DIR, REQUESTS_DIR, SPLITS_DIR, TILINGS_PATH
+    from deepdram.paths import REQUESTS_DIR, SPLITS_DIR, TILINGS_PATH
     from deepdram.spaces.lattice.space import LatticeSpace
 
-    sec = params.compare_methods
     check_all_options(sec.methods, "params.yaml: compare_methods.methods")  # before any work
     space = LatticeSpace()
-    out = OUTPUTS_DIR / "compare"
-    out.mkdir(parents=True, exist_ok=True)
     train = read_table(SPLITS_DIR / "train.parquet")
     tilings = read_table(TILINGS_PATH)
     variances = {"cells": np.var(train[list(space.properties)].to_numpy(), axis=0),
                  "tilings": np.var(split_rows(tilings, "train")[list(space.properties)].to_numpy(), axis=0)}
     reqs = targets(space, sec, read_table(SPLITS_DIR / "test.parquet"), split_rows(tilings, "test"), REQUESTS_DIR)
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="deepdram-compare-") as tmp:
         paths, versions = champion_files(Path(tmp), space.name)
         surrogates = load_surrogates(paths, space)
-    races = [Race("time", seconds=sec.race_seconds), Race("fe", fe=sec.race_fe, seconds=sec.fe_race_time_cap)]
-    methods = {m: dict(o) for m, o in sec.methods.items()}
-    results, traces = [], []
-    with tqdm(total=len(reqs) * len(methods) * len(races), unit="run", desc="compare methods") as bar:
-        for race in races:
-            r, t = run_race(space, surrogates, reqs, methods, race, progress=bar.update,
-                            variances=lambda q: variances["cells" if q.conditions is None else "tilings"])
-            results.append(r)
-            traces.append(t)
+    return space, reqs, surrogates, versions, lambda q: variances["cells" if q.conditions is None else "tilings"]
+
+
+def races(sec):
+    """The two races: equal wall time and equal FE calls (with a wall-time cap)."""
+    from deepdram.design.compare import Race
+
+    return [Race("time", seconds=sec.race_seconds), Race("fe", fe=sec.race_fe, seconds=sec.fe_race_time_cap)]
+
+
+def race_all(space, reqs, surrogates, methods, race_list, variances, progress=None):
+    """(results, traces) of every race, target and method."""
     import pandas as pd
 
-    results, traces = pd.concat(results, ignore_index=True), pd.concat(traces, ignore_index=True)
+    from deepdram.design.compare import run_race
+
+    results, traces = [], []
+    for race in race_list:
+        r, t = run_race(space, surrogates, reqs, methods, race, progress=progress, variances=variances)
+        results.append(r)
+        traces.append(t)
+    return pd.concat(results, ignore_index=True), pd.concat(traces, ignore_index=True)
+
+
+def job(params) -> dict:
+    import mlflow
+    from tqdm import tqdm
+
+    from deepdram.data.atomic import write_json, write_text
+    from deepdram.design.compare import curves, summarise
+    from deepdram.mlops import tracking
+    from deepdram.paths import OUTPUTS_DIR
+
+    sec = params.compare_methods
+    space, reqs, surrogates, versions, variances = prepare(sec)
+    out = OUTPUTS_DIR / "compare"
+    out.mkdir(parents=True, exist_ok=True)
+    methods = {m: dict(o) for m, o in sec.methods.items()}
+    race_list = races(sec)
+    with tqdm(total=len(reqs) * len(methods) * len(race_list), unit="run", desc="compare methods") as bar:
+        results, traces = race_all(space, reqs, surrogates, methods, race_list, variances, bar.update)
     summary = summarise(results)
     results.to_csv(out / "results.csv", index=False)
     traces.to_csv(out / "traces.csv", index=False)

@@ -46,6 +46,12 @@ def train_variances(space, cells_path: Path, tilings_path: Path) -> dict[str, li
     """Each property's variance over the training split: unit cells, and tilings (the scaled objective)."""
     import pandas as pd
 
+    from deepdram.errors import DeepdramError
+
+    for path in (cells_path, tilings_path):
+        if not path.exists():
+            raise DeepdramError(f"the scaled objective needs the training split's variances, and {path} is "
+                                "missing: run `dvc repro splits tilings` first, or set design.objective: mse")
     cells = pd.read_parquet(cells_path, columns=list(space.properties))
     tilings = pd.read_parquet(tilings_path, columns=[*space.properties, "split"])
     tilings = tilings[tilings["split"] == "train"]
@@ -198,7 +204,8 @@ def job(params) -> dict:
     try:
         keras_dir = work / ".models"
         keras_paths, versions = champion_files(keras_dir, space.name)
-        variances = train_variances(space, SPLITS_DIR / "train.parquet", TILINGS_PATH)
+        variances = (train_variances(space, SPLITS_DIR / "train.parquet", TILINGS_PATH)
+                     if any(r.objective == "scaled" for r in reqs) else None)
         m = load_surrogates(keras_paths, space)
         m.versions = versions
         results, summaries = {}, {}

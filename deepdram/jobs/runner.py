@@ -6,8 +6,8 @@ the stage's DVC params except execution-only ones such as `dask`), a `job(params
 stage with one clear line and exit code 2, and so does a failed write (full disk, a file where a
 folder should be) that names its file.
 
-A stage's MLflow runs carry the tag `deepdram.owner` (host, pid and start time of the process that
-opened them). A SIGKILL cannot be caught, so a killed stage leaves its run RUNNING: the next run of
+A stage's MLflow runs carry the tag `deepdram.owner` (host and PID namespace, pid and start time of
+the process that opened them). A SIGKILL cannot be caught, so a killed stage leaves its run RUNNING: the next run of
 a training or design job marks the runs of dead owners FAILED (`fail_dead_runs`) before it starts.
 """
 
@@ -45,9 +45,18 @@ def _start_ticks(pid: int) -> str:
     return "" if fields[0] == "Z" else fields[19]  # a zombie is dead
 
 
+def _machine() -> str:
+    """The host name, with the PID namespace where there is one (containers of one name differ)."""
+    try:
+        ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()}#{''.join(ch for ch in ns if ch.isdigit())}"
+
+
 def owner() -> str:
     """This process as `host:pid:start` (the value of the `deepdram.owner` run tag)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
+    return f"{_machine()}:{os.getpid()}:{_start_ticks(os.getpid())}"
 
 
 def owner_alive(value: str) -> bool | None:
@@ -57,7 +66,7 @@ def owner_alive(value: str) -> bool | None:
         pid = int(pid)
     except ValueError:
         return None
-    if host != socket.gethostname():
+    if host != _machine():
         return None
     now = _start_ticks(pid)
     if start and Path("/proc/self/stat").exists():

@@ -67,6 +67,12 @@ def _bad(message: str) -> MlflowException:
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters (a huge string must not come back whole in the message)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def _rows(model_input: Any) -> pd.DataFrame:
     """The input as a DataFrame with named columns (values not yet checked)."""
     if isinstance(model_input, dict):
@@ -98,6 +104,9 @@ def _rows(model_input: Any) -> pd.DataFrame:
     if missing:
         raise _bad(f"missing input column(s) {', '.join(missing)}: each request needs "
                    f"{', '.join(INPUT_COLUMNS)} (optional: {', '.join(OPTIONAL_COLUMNS)})")
+    dup = sorted({str(c) for c in df.columns if list(df.columns).count(c) > 1})
+    if dup:
+        raise _bad(f"duplicate input column(s): {', '.join(dup)}")
     unknown = [c for c in df.columns if c not in INPUT_COLUMNS + OPTIONAL_COLUMNS]
     if unknown:
         raise _bad(f"unknown input column(s) {', '.join(map(str, unknown))}; allowed: "
@@ -159,7 +168,7 @@ def parse_requests(model_input: Any, params: dict | None = None) -> list[DesignR
                 try:
                     v = float(v)
                 except ValueError:
-                    raise _bad(f"row {i}: {c} must be a number; got {row[c]!r}") from None
+                    raise _bad(f"row {i}: {c} must be a number; got {_short(row[c])}") from None
             row[c] = v
         spec |= {"target": [row[c] for c in SPACE.properties], **{c: row[c] for c in SPACE.conditions},
                  "name": f"request{i}"}

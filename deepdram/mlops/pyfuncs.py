@@ -437,6 +437,21 @@ def _error_response(status: int, message: str, code: str = "BAD_REQUEST"):
                                mimetype="application/json")
 
 
+MAX_MESSAGE = 4000  # characters of an error message sent back
+
+
+def _cut_message(message: str) -> str:
+    """MLflow's error message, without a long echo of the request: MLflow prefixes a model's error with
+    the input's repr ("Failed to predict data '...'") and a JSON error with the whole body, which for a
+    large or odd request is megabytes. Messages up to MAX_MESSAGE characters are kept as they are."""
+    if len(message) <= MAX_MESSAGE:
+        return message
+    head, sep, error = message.rpartition("\nError: ")
+    if sep and head.startswith("Failed to predict data"):
+        return f"Failed to predict data (the input's {len(head):,}-character echo is cut).{sep}" + _cut_message(error)
+    return f"{message[:MAX_MESSAGE // 2]} ... (the message's {len(message):,} characters are cut)"
+
+
 def install_request_guard(max_bytes: int = MAX_BODY_BYTES) -> bool:
     """Wrap the scoring server's request handler (`mlflow.pyfunc.scoring_server.invocations`, looked up
     by the /invocations route on every request) with checks MLflow does not make:
@@ -445,7 +460,9 @@ def install_request_guard(max_bytes: int = MAX_BODY_BYTES) -> bool:
       ten times the body in memory);
     - a request without a Content-Type gets 415 (MLflow fails on it with 500);
     - an error of MLflow's own request parsing that is no MlflowException (MLflow: 500) gets 400
-      naming it.
+      naming it;
+    - an error message longer than MAX_MESSAGE characters loses MLflow's echo of the request
+      (`_cut_message`; a 30 MB body must not come back in the error).
 
     Errors of the model itself keep MLflow's handling. Installed once per process (the first
     install's cap holds); returns whether it is installed."""
@@ -466,7 +483,10 @@ def install_request_guard(max_bytes: int = MAX_BODY_BYTES) -> bool:
             return _error_response(415, "missing Content-Type header: send application/json (or text/csv)")
         try:
             return original(data, content_type, model, input_schema)
-        except (MlflowException, MemoryError):
+        except MlflowException as e:
+            e.message = _cut_message(e.message)
+            raise
+        except MemoryError:
             raise
         except Exception as e:  # MLflow's parsing of an odd request: a bad request, not a server error
             raise MlflowException(f"could not read the request: {type(e).__name__}: {_short(str(e), 300)}",

@@ -44,6 +44,30 @@ TINY = {
     "tune_cvae": {"trials": 2, "rows": 300, "fit": {"epochs": 2, "batch_size": 64, "learning_rate": 0.003}},
     "design": {"n_candidates": 2000, "export_top": 1,
                "sweep_profile": {"n_candidates": 200, "sizes": [[4, 4]], "target_stride": 49}},
+    # the head-to-head, the peaks demonstration and the composite stages, tiny (their own tests
+    # check what they find: tests/design/test_compare.py, tests/jobs/test_composite_e2e.py)
+    "compare_methods": {"test_cells": 1, "tiling_sizes": [[4, 4]], "requests": ["fig5_group1"], "rare": False,
+                        "n_candidates": 300, "top_k": 3, "race_seconds": 0.3, "race_fe": 8, "fe_race_time_cap": 5.0,
+                        "methods": {"cvae": {}, "backprop": {"n_starts": 20, "steps": 5},
+                                    "active": {"rounds": 2, "fe_per_round": 3, "proposer_starts": 10,
+                                               "proposer_steps": 3, "epochs": 2},
+                                    "ga": {"population": 10, "parents": 4, "generations": 3},
+                                    "topopt": {"iterations": 3}, "random": {"batch": 5}}},
+    "peaks_demo": {"points": 1000, "train": 800, "epochs": 3, "n_starts": 50, "steps": 20},
+    "composite": {"m": 1, "ratio": 10.0, "soft_fraction": 0.0625},  # 2 of 32 soft: 496 designs
+    "composite_brute_force": {"shard_size": 100, "bins": 20},
+    "composite_data": {"groups": [30, 120], "test": 60},
+    "composite_tune": {"trials": 2, "rows": 120, "fit": {"epochs": 2, "batch_size": 32, "learning_rate": 0.003},
+                       "pruner": {"startup_trials": 2, "warmup_epochs": 1},
+                       "space": {"hidden_layers": [2], "first_width": [8, 16]},
+                       "paper": {"hidden_layers": 2, "first_width": 16}},
+    "composite_train": {"model": {"epochs": 3, "batch_size": 32}},
+    "composite_design": {"top_k": 3,
+                         "table": {"n_starts": 50, "steps": 3, "model": {"epochs": 2, "batch_size": 32}},
+                         "race": {"repeats": 1, "seconds": 0.3, "fe": 20, "fe_time_cap": 5.0,
+                                  "methods": {"backprop": {"n_starts": 20, "steps": 3},
+                                              "ga": {"population": 10, "parents": 4, "generations": 3},
+                                              "random": {"batch": 10}}}},
 }
 
 

@@ -32,8 +32,16 @@ import numpy as np
 
 from deepdram.errors import DeepdramError
 from deepdram.learn.search.config import DATA_KEYS, TuneConfig, _plain, architecture
-from deepdram.learn.search.trials import (TAG_TRIAL, Objective, TrialLogger, _client, _redact, fail_orphans,
-                                          parent_run, run_name)
+from deepdram.learn.search.trials import (
+    TAG_TRIAL,
+    Objective,
+    TrialLogger,
+    _client,
+    _redact,
+    fail_orphans,
+    parent_run,
+    run_name,
+)
 
 
 def _savefig(fig_or_ax, path: Path) -> None:

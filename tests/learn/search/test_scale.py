@@ -18,7 +18,13 @@ pytest.importorskip("optuna")
 pytest.importorskip("mlflow")
 
 from deepdram.learn.search.study import tune  # noqa: E402
-from deepdram.learn.search.trials import TAG_ROLE, TAG_STATE, TAG_STUDY, TAG_TRIAL, experiment_name  # noqa: E402
+from deepdram.learn.search.trials import (  # noqa: E402
+    TAG_ROLE,
+    TAG_STATE,
+    TAG_STUDY,
+    TAG_TRIAL,
+    experiment_name,
+)
 from deepdram.mlops import tracking  # noqa: E402
 
 TRIALS = 60
