@@ -452,6 +452,25 @@ def _cut_message(message: str) -> str:
     return f"{message[:MAX_MESSAGE // 2]} ... (the message's {len(message):,} characters are cut)"
 
 
+def _unknown_params(data, content_type: str, model) -> str | None:
+    """A message naming the params of a JSON request that the model's params schema does not declare
+    (MLflow drops them with a log line, so a misspelt param would be silently ignored), else None."""
+    if not content_type.startswith("application/json") or not data or b'"params"' not in (
+            data if isinstance(data, bytes) else str(data).encode()):
+        return None
+    try:
+        schema = model.metadata.get_params_schema()
+        body = json.loads(data)
+    except Exception:  # no schema, or a body MLflow will reject with its own message
+        return None
+    params = body.get("params") if isinstance(body, dict) else None
+    if schema is None or not isinstance(params, dict):
+        return None
+    allowed = sorted(p.name for p in schema.params)
+    unknown = sorted(set(params) - set(allowed))
+    return f"unknown param(s) {unknown}; allowed: {allowed}" if unknown else None
+
+
 def install_request_guard(max_bytes: int = MAX_BODY_BYTES) -> bool:
     """Wrap the scoring server's request handler (`mlflow.pyfunc.scoring_server.invocations`, looked up
     by the /invocations route on every request) with checks MLflow does not make:
@@ -459,6 +478,8 @@ def install_request_guard(max_bytes: int = MAX_BODY_BYTES) -> bool:
     - a body above `max_bytes` gets 413 naming the cap, before it is parsed (JSON parsing costs about
       ten times the body in memory);
     - a request without a Content-Type gets 415 (MLflow fails on it with 500);
+    - a JSON request with params its model's params schema does not declare gets 400 naming them
+      (MLflow would drop them silently);
     - an error of MLflow's own request parsing that is no MlflowException (MLflow: 500) gets 400
       naming it;
     - an error message longer than MAX_MESSAGE characters loses MLflow's echo of the request
@@ -481,6 +502,9 @@ def install_request_guard(max_bytes: int = MAX_BODY_BYTES) -> bool:
                                         f"({max_bytes / 2**20:g} MiB): send fewer rows per request")
         if not content_type:
             return _error_response(415, "missing Content-Type header: send application/json (or text/csv)")
+        unknown = _unknown_params(data, content_type, model)
+        if unknown:
+            return _error_response(400, unknown)
         try:
             return original(data, content_type, model, input_schema)
         except MlflowException as e:

@@ -200,8 +200,13 @@ def test_outputs_are_valid_and_consistent(pipeline):
         mine = np.isin(tkeys, np.array(sorted(keys[split]), dtype=np.uint64))
         assert (til["split"].to_numpy()[mine] == split).all()
     assert any((repo / "outputs/reports/data").glob("*.png"))
-    metrics = _run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], repo).stdout
-    assert "rows" in metrics
+    # the declared metrics are the headline table alone; a stage's own file is shown when named
+    headline = json.loads(_run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], repo).stdout)
+    shown = headline[""]["data"]
+    assert list(shown) == ["outputs/metrics/headline.json"]
+    assert {"test.fwd_r2", "fresh.fwd_r2", "test.gen_fe_r2"} <= set(shown["outputs/metrics/headline.json"]["data"])
+    cells = _run([sys.executable, "-m", "dvc", "metrics", "show", "--json", "outputs/metrics/cells.json"], repo).stdout
+    assert '"rows"' in cells
     _run([sys.executable, "-m", "dvc", "params", "diff"], repo)
 
 

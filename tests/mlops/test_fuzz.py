@@ -218,6 +218,8 @@ def value_cases(kind: Kind) -> list[Case]:
             needles = (f"row {i}", c, repr(s)) if designer_kind else ("non-numeric", repr(s), f"row {i}", f"column {c}")
             if designer_kind and c in ("d1", "d2"):
                 needles = (f"row {i}", c)
+            elif designer_kind and s == "nan":  # the designer reads "nan" as a number: not finite
+                needles = (f"row {i}", c, "nan")
             out.append(Case(f"string {s!r} ({fmt})", body, 400, needles))
     # numeric strings are read as numbers (as the in-process model does): valid
     if not designer_kind:
