@@ -74,10 +74,15 @@ class TopOptMethod(Method):
             ctx.counters["fe_calls"] += len(x)
             return props, objective_gradient(ctx.objective, props, jac, ctx.target)
         h, v = o["h"], x.shape[1]
-        plus = np.repeat(x, v, axis=0) + h * np.tile(np.eye(v), (len(x), 1))
-        minus = np.repeat(x, v, axis=0) - h * np.tile(np.eye(v), (len(x), 1))
+        lo, hi = (0.0, 1.0) if space.binary else space.variable_bounds
+        eye = np.tile(np.eye(v), (len(x), 1))
+        # one-sided where x +- h would leave the bounds (the oracle refuses such points), same total step
+        plus = np.minimum(np.repeat(x, v, axis=0) + h * eye, hi)
+        minus = np.maximum(plus - 2 * h * eye, lo)
+        plus = np.where(eye > 0, np.minimum(minus + 2 * h, hi), plus)
+        step = ((plus - minus) * eye).sum(axis=1).reshape(len(x), v)
         f = lambda z: ctx.objective(space.relaxed_properties(z, cond, **opts), ctx.target)  # noqa: E731
-        grad = (f(plus) - f(minus)).reshape(len(x), v) / (2 * h)
+        grad = (f(plus) - f(minus)).reshape(len(x), v) / step
         props = space.relaxed_properties(x, cond, **opts)
         ctx.counters["fe_calls"] += len(x) * (2 * v + 1)
         return props, grad

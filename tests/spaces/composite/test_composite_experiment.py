@@ -84,3 +84,34 @@ def test_race_table_reports_the_share_of_the_optimum():
     ga = t[t["method"] == "ga"].iloc[0]
     assert ga["found_optimum"] == 0.5 and ga["median_best_toughness"] == pytest.approx(1.9)
     assert ga["median_share_of_optimum"] == pytest.approx(0.95) and ga["best_toughness"] == 2.0
+
+
+def test_topopt_fd_at_the_bounds_stays_inside_them_and_matches_one_sided_differences():
+    """The seed's central differences (h = 1e-5) from the all-stiff start (densities at 1): each
+    step that would leave [0, 1] is one-sided (the FE oracle refuses 1 + h), and the gradient
+    equals (f(x) - f(x - 2h)) / 2h there and the central difference inside, computed directly."""
+    from deepdram.design.methods.base import Context
+    from deepdram.design.methods.topopt import TopOptMethod
+    from deepdram.design.pipeline import Surrogates, design, objective_for
+    from deepdram.design.requests import parse_request
+
+    space = CompositeSpace()
+    req = parse_request({"space": "composite", "objective": "max-toughness", "soft_fraction": K / 32,
+                         "method": "topopt", "top_k": 4, "seed": 0,
+                         "options": {"gradient": "fd", "init": 1.0, "iterations": 2}}, space=space)
+    r = design(space, Surrogates({}), req)  # raised on a density of 1.00001 before
+    assert len(r.table) >= 1 and r.summary["fe_calls"] >= 2 * 65
+
+    method = TopOptMethod()
+    ctx = Context(space, req, Surrogates({}), np.random.default_rng(0), objective_for(space, req, None))
+    x = np.ones((1, 32))
+    x[0, 3], x[0, 7] = 0.5, 0.0
+    opts = method.check_options(req.options)
+    _, grad = method._gradient(ctx, x, opts)
+    f = lambda z: ctx.objective(space.relaxed_properties(z, None, penalty=opts["penalty"]), ctx.target)[0]  # noqa: E731
+    h = 1e-5
+    for j, (up, down) in {0: (0.0, -2 * h), 3: (h, -h), 7: (2 * h, 0.0)}.items():
+        hi, lo = x.copy(), x.copy()
+        hi[0, j] += up
+        lo[0, j] += down
+        assert grad[0, j] == pytest.approx((f(hi) - f(lo)) / (2 * h), rel=1e-6), j  # FE round-off over 2h
