@@ -360,3 +360,33 @@ def tuning_kit():
                            env=_cli_env, tune=[sys.executable, "-m", "deepdram.cli.main", "tune"],
                            fit=dict(TINY_FIT), space=dict(TINY_SPACE), paper=dict(TINY_PAPER),
                            resample={k: dict(v) for k, v in TINY_RESAMPLE.items()})
+
+
+@pytest.fixture(scope="session")
+def repo_copy():
+    """A function (dst, tiny, message) -> dst: a git repo at dst holding the working tree's tracked and
+    untracked-unignored files, with the sections of `tiny` merged into its params.yaml and committed.
+    The end-to-end tests run the real `dvc repro` in such a copy."""
+    import shutil
+
+    import yaml
+
+    from deepdram.paths import REPO_ROOT
+
+    def copy(dst: Path, tiny: dict, message: str) -> Path:
+        files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, check=True,
+                               capture_output=True, text=True).stdout.split()
+        for f in files:
+            if (REPO_ROOT / f).is_file():
+                (dst / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO_ROOT / f, dst / f)
+        params = yaml.safe_load((dst / "params.yaml").read_text())
+        for sec, values in tiny.items():
+            params[sec].update(values)
+        (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message]):
+            subprocess.run(cmd, cwd=dst, check=True, capture_output=True)
+        return dst
+
+    return copy

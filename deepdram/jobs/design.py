@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepdram.jobs.runner import run
+from deepdram.jobs.runner import pid_alive, run
 
 SECTIONS = ("design",)
 
@@ -90,22 +90,12 @@ def register_designer(keras_paths: dict, versions: dict, summaries: dict, finger
             "reason": decision["reason"], "design_success_rate": success}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clear_dead_work(out_dir: Path) -> None:
     """Remove the work folders (`.<name>.<pid>.*`) that killed design runs left beside out_dir (an old
     folder set aside by a swap the kill interrupted goes back in place)."""
     for d in sorted(out_dir.parent.glob(f".{out_dir.name}.*")):
         pid = d.name[len(out_dir.name) + 2:].split(".")[0]
-        if not d.is_dir() or (pid.isdigit() and _pid_alive(int(pid))):
+        if not d.is_dir() or (pid.isdigit() and pid_alive(int(pid))):
             continue
         if d.name.endswith(".old") and not out_dir.exists():
             os.replace(d, out_dir)  # killed between the two renames of `swap_in`: the old designs return

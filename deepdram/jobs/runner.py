@@ -71,6 +71,11 @@ def owner_alive(value: str) -> bool | None:
     now = _start_ticks(pid)
     if start and Path("/proc/self/stat").exists():
         return now == start  # a reused pid has another start time
+    return pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this pid runs on this machine (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from deepdram.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -59,22 +57,10 @@ def _run(args, cwd, timeout=1200) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
+def repo(tmp_path_factory, repo_copy) -> Path:
     """A git + DVC copy of the working tree with the tiny composite profile, after `dvc repro composite_design`."""
     dst = tmp_path_factory.mktemp("composite-e2e") / "repo"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, check=True,
-                           capture_output=True, text=True).stdout.split()
-    for f in files:
-        if (REPO_ROOT / f).is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO_ROOT / f, dst / f)
-    params = yaml.safe_load((dst / "params.yaml").read_text())
-    for sec, values in TINY.items():
-        params[sec].update(values)
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "e2e"]):
-        _run(cmd, dst)
+    repo_copy(dst, TINY, "e2e")
     out = _run([sys.executable, "-m", "dvc", "repro", "composite_design"], dst)
     (dst / "repro.log").write_text(out.stdout + out.stderr)
     return dst

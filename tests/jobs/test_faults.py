@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -34,9 +33,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import yaml
 
-from deepdram.paths import REPO_ROOT
 
 TINY = {
     "dask": {"n_workers": 1},
@@ -326,22 +323,10 @@ def test_a_failed_write_the_job_did_not_wrap_ends_the_stage_with_one_line(capsys
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
+def repo(tmp_path_factory, repo_copy) -> Path:
     """A git + DVC copy of the working tree with the tiny profile in params.yaml."""
     dst = tmp_path_factory.mktemp("faults") / "repo"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, check=True,
-                           capture_output=True, text=True).stdout.split()
-    for f in files:
-        if (REPO_ROOT / f).is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO_ROOT / f, dst / f)
-    params = yaml.safe_load((dst / "params.yaml").read_text())
-    for sec, values in TINY.items():
-        params[sec].update(values)
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "faults"]):
-        _run(cmd, dst)
+    repo_copy(dst, TINY, "faults")
     _run([sys.executable, "-m", "dvc", "pull", "-q", "data.dvc"], dst)
     return dst
 
