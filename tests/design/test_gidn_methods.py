@@ -185,6 +185,19 @@ def test_active_learning_improves_its_surrogate_on_the_acquired_rows_and_leaves_
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
 
 
+def test_active_learning_keeps_a_wall_time_budget_across_its_rounds(surrogates):
+    # unbounded, these options take far longer than the budget (3 rounds of 400 starts x 300 steps
+    # and 500 epochs each): the rounds share the budget out instead of overrunning it
+    req = request(method="active", budget_seconds=3.0, top_k=5,
+                  options={"rounds": 3, "fe_per_round": 10, "proposer_starts": 400, "proposer_steps": 300,
+                           "epochs": 500})
+    r = P.design(SPACE, surrogates, req)
+    assert 1 <= len(r.records) <= 3 and r.acquired is not None
+    assert r.summary["seconds"] < 3.0 + 1.0, r.summary["seconds"]  # + the verification of top_k
+    # a round that starts in time finishes its FE of a few cells (tens of ms) before it stops
+    assert all(rec["seconds"] <= 3.0 + 0.3 for rec in r.records), [(rec["round"], rec["seconds"]) for rec in r.records]
+
+
 # --- objectives, tolerance, budgets -------------------------------------------------------------------
 
 

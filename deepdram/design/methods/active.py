@@ -5,6 +5,8 @@ default, screened by the same surrogate) -> evaluate the `fe_per_round` best new
 update a per-request copy of the surrogate on every row acquired so far (a few epochs of Adam on
 the MSE of scaled properties; the registered model is never touched) -> repeat (seed: 3 rounds).
 After the last round the updated surrogate proposes once more and the pipeline verifies its best.
+A wall-time budget is shared out in equal slices between the remaining rounds and the final
+proposal; the proposer gets half of its round's slice, the update stops at the slice's end.
 
 Each round records (for the caller to log, e.g. one nested MLflow run per round): the FE calls,
 the best FE objective so far, the surrogate's error on the round's new rows before it learns them
@@ -15,13 +17,14 @@ rows after the update. The acquired (design, conditions, FE properties) rows are
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
 
 from deepdram.design.methods.base import Batch, Context, Method
 from deepdram.errors import InputError
+from deepdram.learn.finetune import FineTuner
 
 
 def _copy(model):
@@ -43,37 +46,6 @@ def _proposer(name: str) -> Method:
     from deepdram.design.methods.cvae import CVAEMethod
 
     return CVAEMethod()
-
-
-def fit_copy(model, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int,
-             time_left: Callable[[], float] | None = None) -> None:
-    """Update `model` in place on rows (x, y): Adam on the MSE of properties scaled by their spread,
-    stopping early when `time_left()` reaches 0."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    scale = np.maximum(np.std(y, axis=0), 1e-6).astype(np.float32)
-    w = keras.ops.convert_to_tensor(1.0 / scale**2)
-
-    def loss(t, p):
-        return keras.ops.mean(keras.ops.square(t - p) * w, axis=-1)
-
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss=loss)
-    callbacks = [] if time_left is None else [_Deadline(time_left)]
-    model.fit(np.asarray(x, np.float32), np.asarray(y, np.float32), epochs=int(epochs),
-              batch_size=max(8, min(256, len(x))), verbose=0, shuffle=True, callbacks=callbacks)
-
-
-def _Deadline(time_left: Callable[[], float]):
-    """A Keras callback that stops training once the request's wall-time budget is spent."""
-    import keras
-
-    class Deadline(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if time_left() <= 0:
-                self.model.stop_training = True
-
-    return Deadline()
 
 
 class ActiveMethod(Method):
@@ -101,12 +73,14 @@ class ActiveMethod(Method):
     def verification_fe(self, request) -> int:
         return 0 if request.budget_fe is None else min(request.top_k, request.budget_fe)
 
-    def _propose(self, ctx: Context, surrogates, o: dict, seen: set, n: int) -> np.ndarray:
-        """The n best new valid designs the proposer finds with `surrogates` (by their predicted objective)."""
+    def _propose(self, ctx: Context, surrogates, o: dict, seen: set, n: int, until: float | None = None) -> np.ndarray:
+        """The n best new valid designs the proposer finds with `surrogates` (by their predicted objective),
+        the proposer stopping `until` seconds after the request started (default: the request's budget)."""
         req = ctx.request
         options = {"n_starts": o["proposer_starts"], "steps": o["proposer_steps"]} if o["proposer"] == "backprop" else {}
         sub = replace(req, method=o["proposer"], options=options,
-                      n_candidates=o["proposer_candidates"] if o["proposer"] == "cvae" else req.n_candidates)
+                      n_candidates=o["proposer_candidates"] if o["proposer"] == "cvae" else req.n_candidates,
+                      budget_seconds=req.budget_seconds if until is None else until)
         proposer = _proposer(o["proposer"])
         sub_ctx = Context(ctx.space, sub, surrogates, ctx.rng, ctx.objective, threads=ctx.threads,
                           started=ctx.started)
@@ -132,16 +106,23 @@ class ActiveMethod(Method):
         space, req = ctx.space, ctx.request
         role = ("forward",) if req.conditions is None else ("conditioned",)
         own = _copy(ctx.surrogates.model_for(req.conditions))
+        update = FineTuner(own, o["lr"])
         # the request's surrogates with this role replaced by the per-request copy
         surrogates = replace(ctx.surrogates, models={**ctx.surrogates.models, role[0]: own})
         nv = space.n_variables
         cond = np.asarray(req.conditions if req.conditions is not None else (), float)
         acquired_x, acquired_y, rounds, seen = [], [], [], set()
-        for r in range(1, int(o["rounds"]) + 1):
+        rounds_total = int(o["rounds"])
+        for r in range(1, rounds_total + 1):
             n = int(min(o["fe_per_round"], ctx.fe_left()))
             if n < 1 or ctx.time_left() <= 0:
                 break
-            d = self._propose(ctx, surrogates, o, seen, n)
+            # a time budget is shared out: each remaining round and the final proposal get an equal
+            # slice, the proposer at most half of its round's (the update stops at the round's end)
+            left = ctx.time_left()
+            round_end = ctx.elapsed() + left / (rounds_total - r + 2) if np.isfinite(left) else None
+            d = self._propose(ctx, surrogates, o, seen, n,
+                              until=None if round_end is None else (ctx.elapsed() + round_end) / 2)
             if not len(d):
                 break
             pred = surrogates.predict(space, d, req.conditions)
@@ -153,8 +134,12 @@ class ActiveMethod(Method):
             rounds.append(np.full(len(d), r))
             x_all, y_all = np.concatenate(acquired_x), np.concatenate(acquired_y)
             all_before = float(np.mean((surrogates.predict(space, x_all[:, :nv], req.conditions) - y_all) ** 2))
-            fit_copy(own, x_all, y_all, o["epochs"], o["lr"], req.seed + r, ctx.time_left)
-            after = float(np.mean((surrogates.predict(space, x_all[:, :nv], req.conditions) - y_all) ** 2))
+            if ctx.time_left() > 0:
+                update(x_all, y_all, o["epochs"], req.seed + r,
+                         ctx.time_left if round_end is None else (lambda end=round_end: end - ctx.elapsed()))
+                after = float(np.mean((surrogates.predict(space, x_all[:, :nv], req.conditions) - y_all) ** 2))
+            else:  # the budget ended with the round's FE: no update
+                after = all_before
             ctx.records.append({"round": r, "fe_calls": int(ctx.counters["fe_calls"]), "acquired": len(y_all),
                                 "new_rows": len(d), "surrogate_mse_new_rows": before,
                                 "surrogate_mse_acquired_before_update": all_before,
@@ -169,7 +154,7 @@ class ActiveMethod(Method):
                 table[c] = y_all[:, i]
             table["round"] = np.concatenate(rounds)
             ctx.acquired = table
-        # the updated surrogate proposes once more; the pipeline verifies its best
-        final = self._propose(ctx, surrogates, o, seen, max(req.top_k, 1))
+        # the updated surrogate proposes once more (if time is left); the pipeline verifies its best
+        final = self._propose(ctx, surrogates, o, seen, max(req.top_k, 1)) if ctx.time_left() > 0 else []
         if len(final):
             yield Batch(final, predicted=surrogates.predict(space, final, req.conditions), work=len(final))
