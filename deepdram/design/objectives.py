@@ -48,6 +48,17 @@ class Objective:
             return np.mean((p - np.asarray(target, float)) ** 2 * np.asarray(self.weights), axis=-1)
         return -p[..., self.index] if self.kind == "max" else p[..., self.index]
 
+    def quadratic_form(self, n_properties: int, target=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(t, w, s), each (P,) float32, with value = mean_j w_j (p_j - t_j)^2 + sum_j s_j p_j: every
+        objective in one form, so a traced gradient takes them as inputs instead of retracing."""
+        zeros = np.zeros(n_properties, np.float32)
+        if self.kind in ("mse", "scaled"):
+            w = np.ones(n_properties) if self.kind == "mse" else np.asarray(self.weights, float)
+            return np.asarray(target, np.float32), w.astype(np.float32), zeros
+        s = zeros.copy()
+        s[self.index] = -1.0 if self.kind == "max" else 1.0
+        return zeros, zeros.copy(), s
+
     def keras(self, props, target=None):
         """The same value in Keras backend ops (differentiable), (N,)."""
         from keras import ops

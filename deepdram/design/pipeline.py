@@ -59,7 +59,7 @@ class Surrogates:
 
     def predict(self, space: DesignSpace, designs: np.ndarray, conditions: tuple | None) -> np.ndarray:
         """(N, P) predicted properties of designs at `conditions` (None: unconditioned)."""
-        from deepdram.learn.models import predict
+        from deepdram.learn.inference import predict
 
         if len(designs) == 0:
             return np.zeros((0, space.n_properties), np.float32)

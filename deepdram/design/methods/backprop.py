@@ -53,7 +53,7 @@ class BackpropMethod(Method):
         return int(self.check_options(ctx.request.options)["n_starts"])
 
     def candidates(self, ctx: Context) -> Iterator[Batch]:
-        from deepdram.learn.gradients import Adam, value_and_grad
+        from deepdram.learn.gradients import Adam, quadratic_value_and_grad
         from deepdram.learn.models import inner_regressor
 
         o = self.check_options(ctx.request.options)
@@ -67,8 +67,7 @@ class BackpropMethod(Method):
         target = ctx.target
         objective = ctx.objective
 
-        def loss(y):
-            return objective.keras(y, target)
+        form = objective.quadratic_form(space.n_properties, target)
 
         theta = ctx.rng.normal(0.0, o["sd"], size=(o["n_starts"], nv))
         lo, hi = space.variable_bounds
@@ -84,7 +83,7 @@ class BackpropMethod(Method):
             tau = o["tau_end"] ** (k / max(1, steps - 1))
             x = 1.0 / (1.0 + np.exp(-theta / tau)) if space.binary else theta
             inp = np.concatenate([x, np.broadcast_to(cond, (len(x), len(cond)))], axis=1)
-            _, grad = value_and_grad(model, inp, loss)
+            _, grad = quadratic_value_and_grad(model, inp, *form)
             ctx.counters["surrogate_calls"] += len(x)
             g = grad[:, :nv]
             if space.binary:
