@@ -1,17 +1,32 @@
 """Few-step updates of a trained Keras model on a handful of rows (active learning's per-request
 surrogate copy): Adam on a property-weighted MSE, stoppable at any step by a deadline.
 
-On TensorFlow the steps run eagerly. Tracing Keras' train step for the symmetrised regressors took
-3-7 s on 2 cores, longer than the whole update of a few dozen rows (an eager step of 60 rows takes
-tens of ms), and a design request clones and updates its own copy each time. Other backends use
-Keras' `fit`, compiled once per `FineTuner`.
+On TensorFlow each step is one traced graph per model, kept with the model: a request's copy of a
+champion is reused by the next request (`design.methods.active.surrogate_copy`), so the trace
+(2-4 s for a symmetrised champion on 2 cores) is paid once per process, and a step of 60 rows then
+takes milliseconds (an eager step through the 8 symmetry images took 0.7 s; Keras' `fit` retraced
+its train step at every `compile`). Other backends use Keras' `fit`, compiled once per tuner.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import numpy as np
+
+_TUNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def tuner_for(model, lr: float, batch_size: int = 256) -> FineTuner:
+    """The model's FineTuner (kept with the model, traced step included), reset to a fresh Adam state
+    with learning rate `lr` and no property weights yet: as new for every request."""
+    t = _TUNERS.get(model)
+    if t is None or t.batch_size != int(batch_size) or not t.traced_path:
+        t = _TUNERS[model] = FineTuner(model, lr, batch_size)
+    else:
+        t.reset(lr)
+    return t
 
 
 class FineTuner:
@@ -24,9 +39,18 @@ class FineTuner:
         import keras
 
         self.model, self.lr, self.batch_size = model, float(lr), int(batch_size)
-        self.eager = keras.backend.backend() == "tensorflow"
+        self.traced_path = keras.backend.backend() == "tensorflow"
         self.weights: np.ndarray | None = None
         self.optimizer = None
+        self._step = None
+
+    def reset(self, lr: float) -> None:
+        """A fresh Adam state (moments and step count zero) at learning rate `lr`; weights unset."""
+        self.lr, self.weights = float(lr), None
+        if self.optimizer is not None:
+            for v in self.optimizer.variables:
+                v.assign(np.zeros(v.shape, v.dtype))
+            self.optimizer.learning_rate = self.lr
 
     def _loss_weights(self, y: np.ndarray) -> np.ndarray:
         if self.weights is None:
@@ -38,29 +62,48 @@ class FineTuner:
         """Update on (x, y); the number of optimizer steps taken."""
         x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
         w = self._loss_weights(y)
-        if self.eager:
-            return self._eager(x, y, w, int(epochs), seed, time_left)
+        if self.traced_path:
+            return self._traced(x, y, w, int(epochs), seed, time_left)
         return self._fit(x, y, w, int(epochs), seed, time_left)
 
-    def _eager(self, x, y, w, epochs, seed, time_left) -> int:
+    def _step_fn(self):
+        """The traced Adam step (rows, targets, weights) -> loss, built once per model."""
         import keras
         import tensorflow as tf
 
-        if self.optimizer is None:
-            self.optimizer = keras.optimizers.Adam(learning_rate=self.lr)
+        if self._step is None:
+            model = self.model
+            if self.optimizer is None:
+                self.optimizer = keras.optimizers.Adam(learning_rate=self.lr)
+            opt = self.optimizer
+            opt.build(model.trainable_variables)
+            n_in, n_out = int(model.inputs[0].shape[-1]), int(model.outputs[0].shape[-1])
+
+            @tf.function(input_signature=[tf.TensorSpec([None, n_in], tf.float32),
+                                          tf.TensorSpec([None, n_out], tf.float32),
+                                          tf.TensorSpec([n_out], tf.float32)])
+            def step(xb, yb, wt):
+                with tf.GradientTape() as tape:
+                    loss = tf.reduce_mean(tf.square(yb - model(xb, training=True)) * wt)
+                variables = model.trainable_variables
+                opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+                return loss
+
+            self._step = step
+        return self._step
+
+    def _traced(self, x, y, w, epochs, seed, time_left) -> int:
+        import keras
+
+        step = self._step_fn()
         keras.utils.set_random_seed(seed)
         rng = np.random.default_rng(seed)
-        variables = self.model.trainable_variables
-        wt = tf.constant(w)
         steps = 0
         for _ in range(epochs):
             order = rng.permutation(len(x))
             for i in range(0, len(x), self.batch_size):
                 rows = order[i:i + self.batch_size]
-                with tf.GradientTape() as tape:
-                    p = self.model(x[rows], training=True)
-                    loss = tf.reduce_mean(tf.square(y[rows] - p) * wt)
-                self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+                step(x[rows], y[rows], w)
                 steps += 1
                 if time_left is not None and time_left() <= 0:
                     return steps

@@ -183,6 +183,13 @@ def test_active_learning_improves_its_surrogate_on_the_acquired_rows_and_leaves_
     np.testing.assert_allclose(r.acquired[list(SPACE.properties)].to_numpy(), fe, rtol=1e-12)
     after = surrogates.models["forward"].get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    # the next request starts from the champion again (its copy is reset, not the updated one reused)
+    again = P.design(SPACE, surrogates, req)
+    def facts(records):
+        return [{k: v for k, v in rec.items() if k != "seconds"} for rec in records]
+
+    assert facts(again.records) == facts(r.records)
+    assert again.acquired.equals(r.acquired)
 
 
 def test_active_learning_keeps_a_wall_time_budget_across_its_rounds(surrogates):
