@@ -362,24 +362,38 @@ def tuning_kit():
                            resample={k: dict(v) for k, v in TINY_RESAMPLE.items()})
 
 
+def copy_worktree(dst: Path) -> Path:
+    """Copy the working tree's tracked and untracked-unignored files to dst (no .git)."""
+    import shutil
+
+    from deepdram.paths import REPO_ROOT
+
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, check=True,
+                           capture_output=True, text=True).stdout.split()
+    for f in files:
+        if (REPO_ROOT / f).is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / f, dst / f)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def worktree_copier():
+    """`copy_worktree`: dst -> dst holding the working tree's files, for tests that run DVC on a copy."""
+    return copy_worktree
+
+
 @pytest.fixture(scope="session")
 def repo_copy():
     """A function (dst, tiny, message) -> dst: a git repo at dst holding the working tree's tracked and
     untracked-unignored files, with the sections of `tiny` merged into its params.yaml and committed.
     The end-to-end tests run the real `dvc repro` in such a copy."""
-    import shutil
 
     import yaml
 
-    from deepdram.paths import REPO_ROOT
 
     def copy(dst: Path, tiny: dict, message: str) -> Path:
-        files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, check=True,
-                               capture_output=True, text=True).stdout.split()
-        for f in files:
-            if (REPO_ROOT / f).is_file():
-                (dst / f).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(REPO_ROOT / f, dst / f)
+        copy_worktree(dst)
         params = yaml.safe_load((dst / "params.yaml").read_text())
         for sec, values in tiny.items():
             params[sec].update(values)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,18 +116,12 @@ def _dvc_status_params(repo: Path) -> dict[str, set[str]]:
     return changed
 
 
-def test_the_rerun_plan_of_params_paper_matches_dvc(tmp_path):
+def test_the_rerun_plan_of_params_paper_matches_dvc(tmp_path, worktree_copier):
     """`deepdram params plan` names the stages DVC itself finds changed by params-paper.yaml's values,
     plus everything downstream of them."""
     from deepdram.jobs.deps import rerun_plan
 
-    repo = tmp_path / "repo"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, check=True,
-                           capture_output=True, text=True).stdout.split()
-    for f in files:
-        if (REPO_ROOT / f).is_file():
-            (repo / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO_ROOT / f, repo / f)
+    repo = worktree_copier(tmp_path / "repo")
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     before = _dvc_status_params(repo)
     merged = P.merge(P.read_yaml(repo / "params.yaml"), P.read_yaml(repo / "params-paper.yaml"))

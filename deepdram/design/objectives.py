@@ -9,10 +9,10 @@
 - `max-<property>` / `min-<property>` for requests without a target: the composite's
   `max-toughness`, the peaks demonstration's `min-z`.
 
-Every objective is "lower is better" as a value; `keras` gives the same in backend ops, for the
-gradient designers. The engineer's acceptance test (`tolerance_mask`) is separate: each property
-group within its tolerance (the lattice: both moduli within 10 % relative, both Poisson's
-ratios within 0.05 absolute by default).
+Every objective is "lower is better" as a value; `quadratic_form` writes it as
+mean w (p - t)^2 + s . p, the form the gradient designers' traced graph takes. The engineer's
+acceptance test (`tolerance_mask`) is separate: each property group within its tolerance (the
+lattice: both moduli within 10 % relative, both Poisson's ratios within 0.05 absolute by default).
 """
 
 from __future__ import annotations
@@ -58,17 +58,6 @@ class Objective:
         s = zeros.copy()
         s[self.index] = -1.0 if self.kind == "max" else 1.0
         return zeros, zeros.copy(), s
-
-    def keras(self, props, target=None):
-        """The same value in Keras backend ops (differentiable), (N,)."""
-        from keras import ops
-
-        if self.kind == "mse":
-            return ops.mean(ops.square(props - ops.convert_to_tensor(np.asarray(target, np.float32))), axis=-1)
-        if self.kind == "scaled":
-            w = ops.convert_to_tensor(np.asarray(self.weights, np.float32))
-            return ops.mean(ops.square(props - ops.convert_to_tensor(np.asarray(target, np.float32))) * w, axis=-1)
-        return -props[:, self.index] if self.kind == "max" else props[:, self.index]
 
 
 def mse(pred: np.ndarray, target) -> np.ndarray:
