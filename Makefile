@@ -18,6 +18,10 @@ UI_PORT ?= 5000
 SCALE_TRIALS ?= 2000
 MODEL ?= deepdram-forward
 PORT ?= 5001
+# `make test` runs the suite on this many pytest-xdist workers (CI: 2 cores), one module or
+# group of modules per worker at a time (tests/conftest.py); TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 # `make ui` and `make serve` listen on the loopback address only; HOST=0.0.0.0 (say so) exposes them.
 HOST ?= 127.0.0.1
 
@@ -45,11 +49,11 @@ data: $(STAMP) ## Restore data/ (curated inputs tracked by data.dvc) from the co
 repro: data ## Run the whole DVC pipeline on the default profile (params.yaml)
 	$(VENV)/bin/dvc repro
 
-test: data services ## Run the whole test suite (what CI runs; PostgreSQL and UI tests included)
-	$(PY) -m pytest
+test: data services ## Run the whole test suite (what CI runs; PostgreSQL and UI tests included) [TEST_WORKERS=2]
+	$(PY) -m pytest $(XDIST)
 
-test-fast: data ## Run the test suite without the slow end-to-end tests
-	$(PY) -m pytest -m "not slow"
+test-fast: data ## Run the test suite without the slow end-to-end tests [TEST_WORKERS=2]
+	$(PY) -m pytest $(XDIST) -m "not slow"
 
 bench: $(STAMP) services ## Run the benchmarks and print measured figures against their targets
 	$(PY) benchmarks/bench_fem.py

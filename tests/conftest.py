@@ -31,6 +31,45 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+# --- parallel runs (pytest-xdist, `make test`) -------------------------------------------------------
+
+# Modules that build on each other's work (the session's tiny pipeline, tests/jobs/conftest.py):
+# one xdist worker runs them, in this (their files') order.
+WORKER_GROUPS = {"tiny_pipeline": ("tests/jobs/test_composite_e2e.py", "tests/jobs/test_pipeline_e2e.py",
+                                   "tests/jobs/test_pipeline_faults.py")}
+_GROUP_OF = {module: group for group, modules in WORKER_GROUPS.items() for module in modules}
+
+
+def _group(nodeid: str) -> str:
+    module = nodeid.split("::")[0]
+    return _GROUP_OF.get(module, module)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """One worker runs each module (its module fixtures, servers included, start once) and each
+    group of WORKER_GROUPS, in collection order."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid)
+
+    return ByModule(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """In an xdist worker: the groups first, then modules with slow tests, then the rest (stable),
+    so the longest work starts at once (`--no-loadscope-reorder` keeps this order)."""
+    if not hasattr(config, "workerinput"):
+        return  # a serial run keeps the files' order
+    rank: dict[str, int] = {}
+    for item in items:
+        group = _group(item.nodeid)
+        slow = item.get_closest_marker("slow") is not None
+        rank[group] = min(rank.get(group, 2), 0 if group in WORKER_GROUPS else 1 if slow else 2)
+    items.sort(key=lambda i: rank[_group(i.nodeid)])
+
+
 # --- MLflow stores ------------------------------------------------------------------------------------
 
 
@@ -404,3 +443,4 @@ def repo_copy():
         return dst
 
     return copy
+

@@ -154,3 +154,34 @@ def pause_point(name: str) -> None:
     print(f"deepdram: paused at {name} (pid {os.getpid()}) for {PAUSE_ENV}", file=sys.stderr, flush=True)
     while True:
         time.sleep(3600)
+
+
+def kill_at_pause_point(args: list[str], point: str, marker: Path, *, cwd: Path, env: dict,
+                        timeout: float = 1800.0) -> tuple[str, int | None]:
+    """The driver side of `pause_point`: run `args` in a new process group with `point` as its pause
+    point, SIGKILL the whole group once the process has written `marker` there, and wait until the
+    group is gone. Returns (output, exit status); the marker is absent afterwards if it never paused
+    (the process ended, or `timeout` passed)."""
+    import signal
+    import subprocess
+
+    marker = Path(marker)
+    marker.unlink(missing_ok=True)
+    proc = subprocess.Popen(args, cwd=cwd, env={**env, PAUSE_ENV: point, PAUSE_FILE_ENV: str(marker)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + timeout
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # it ended by itself
+        pass
+    output = proc.communicate(timeout=120)[0].decode(errors="replace")
+    deadline = time.time() + 60  # its children (Dask workers) are gone too before anything reruns
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    return output, proc.returncode

@@ -143,7 +143,8 @@ def screen(space: DesignSpace, s: Surrogates, req: DesignRequest, progress: Call
     n_p = space.n_properties
     best = {"d": np.zeros((0, space.n_variables), np.uint8 if space.binary else np.float64),
             "pred": np.zeros((0, n_p)), "fe": np.zeros((0, n_p)), "key": np.zeros(0)}
-    best_x: dict[str, np.ndarray] = {}
+    # (n, 2) per extra, as `space.secondary` reads them; there even when the method yields nothing
+    best_x: dict[str, np.ndarray] = {e: np.zeros((0, 2)) for e in space.ranking_extras}
     seen = None
     n_valid = n_distinct = n_accepted = n_candidates = 0
     for batch in method.candidates(ctx):
@@ -175,7 +176,7 @@ def screen(space: DesignSpace, s: Surrogates, req: DesignRequest, progress: Call
         best["key"] = np.concatenate([best["key"], key])
         for e in space.ranking_extras:
             add = extras.get(e, np.full((len(d), 2), np.nan))
-            best_x[e] = add if e not in best_x else np.concatenate([best_x[e], add])
+            best_x[e] = np.concatenate([best_x[e], add])
         order = np.argsort(best["key"], kind="stable")[:keep]
         best = {n: v[order] for n, v in best.items()}
         best_x = {n: v[order] for n, v in best_x.items()}

@@ -138,22 +138,6 @@ def screen_batch(space: DesignSpace, designs: np.ndarray, predict: Callable[[np.
 # --- The size-agnostic regressor, split ----------------------------------------------------------
 
 
-def _numpy_activation(fn) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The NumPy equivalent of a Keras activation (None when there is none)."""
-    import keras
-
-    a = keras.activations
-    if fn is None or fn is a.linear:
-        return lambda h: h
-    if fn is a.relu:
-        return lambda h: np.maximum(h, 0, out=h)
-    if fn is a.tanh:
-        return lambda h: np.tanh(h, out=h)
-    if fn is a.sigmoid:
-        return lambda h: np.reciprocal(1 + np.exp(-h), dtype=np.float32)
-    return None
-
-
 def dense_stack(core) -> list[tuple[np.ndarray, np.ndarray, Callable, bool]] | None:
     """(kernel, bias, activation, is_relu) of each Dense layer of a plain MLP model, in order (None
     when the model holds other layers than Dense and Dropout, or activations without a NumPy
@@ -161,13 +145,15 @@ def dense_stack(core) -> list[tuple[np.ndarray, np.ndarray, Callable, bool]] | N
     import keras
     from keras import ops
 
+    from deepdram.learn.numpy_graph import activation
+
     layers = []
     for layer in core.layers:
         if isinstance(layer, (keras.layers.InputLayer, keras.layers.Dropout)):
             continue  # dropout is the identity at inference
         if not isinstance(layer, keras.layers.Dense):
             return None
-        act = _numpy_activation(layer.activation)
+        act = activation(layer.activation)
         if act is None:
             return None
         w = ops.convert_to_numpy(layer.kernel).astype(np.float32)

@@ -60,6 +60,11 @@ class Affine(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
+    def numpy_twin(self):
+        """This layer as a NumPy function (`deepdram.learn.numpy_graph`)."""
+        scale, offset = (np.asarray(ops.convert_to_numpy(v), np.float32) for v in (self.scale, self.offset))
+        return lambda x, **_: np.asarray(x, np.float32) * scale + offset
+
     def inverse(self, name: str | None = None) -> "Affine":
         """The layer undoing this one: x = (y - offset) / scale."""
         return Affine(1.0 / self.scale_values, -self.offset_values / self.scale_values, name=name)
@@ -82,6 +87,10 @@ class Columns(keras.layers.Layer):
     def call(self, inputs):
         return inputs[:, self.start : self.stop]
 
+    def numpy_twin(self):
+        """This layer as a NumPy function (`deepdram.learn.numpy_graph`)."""
+        return lambda x, **_: np.asarray(x)[:, self.start : self.stop]
+
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.stop - self.start)
 
@@ -101,6 +110,11 @@ class Gather(keras.layers.Layer):
 
     def call(self, inputs):
         return ops.take(inputs, ops.convert_to_tensor(np.asarray(self.indices, dtype="int32")), axis=1)
+
+    def numpy_twin(self):
+        """This layer as a NumPy function (`deepdram.learn.numpy_graph`)."""
+        indices = np.asarray(self.indices, np.intp)
+        return lambda x, **_: np.asarray(x)[:, indices]
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], len(self.indices))

@@ -36,7 +36,10 @@ Speed: all-numeric input (what the server hands over for ``inputs``/``instances`
 ``dataframe_split``/``dataframe_records``) is checked as one float array, with the same checks and
 messages as the general (per-column) path; the model runs as one compiled function with the input
 signature (None, n_columns) float32 (one trace, any request size; TensorFlow backend), and a
-symmetrised model evaluates all its symmetry images in one call of the inner regressor.
+symmetrised model evaluates all its symmetry images in one call of the inner regressor. Calls of up
+to TWIN_ROWS rows run in the model's NumPy twin instead (`deepdram.learn.numpy_graph`: the same
+layers as NumPy products, checked against the compiled call on the first such request; 1 row of
+the size-agnostic champion ~0.8 ms instead of ~2.5 ms).
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ KINDS = ("forward", "size_agnostic", "generator")
 DEFAULT_SPACE = "lattice"
 MAX_BODY_BYTES = int(os.environ.get("DEEPDRAM_MAX_BODY_BYTES", 32 * 2**20))  # served requests (413 above)
 MAX_ROWS = int(os.environ.get("DEEPDRAM_MAX_ROWS", 100_000))  # rows per served request (400 above)
+# Calls of up to this many rows run in the model's NumPy twin (learn/numpy_graph.py): there the
+# framework's fixed cost per call dominates; above, the compiled framework call is as fast or faster.
+TWIN_ROWS = 64
 F32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -539,10 +545,19 @@ class KerasPyfunc(mlflow.pyfunc.PythonModel):
         self.max_rows: int | None = None
 
     def _load(self, path: str) -> None:
+        from deepdram.learn.numpy_graph import Checked, numpy_twin
+
         self.model = _load_keras(path, self.space)
         self._fn = compiled(self.model)
         model, fn, batch = self.model, self._fn, self.batch_size
-        self._coalesce = Coalescer(lambda x: _call(model, x, batch, fn), max_rows=batch)
+
+        def framework(x: np.ndarray) -> np.ndarray:
+            return _call(model, x, batch, fn)
+
+        twin = numpy_twin(model)
+        self._twin = None if twin is None else Checked(lambda x: np.asarray(twin(x), np.float64), framework)
+        small = self._twin or framework
+        self._coalesce = Coalescer(lambda x: small(x) if len(x) <= TWIN_ROWS else framework(x), max_rows=batch)
 
     def load_context(self, context):
         self._load(context.artifacts[ARTIFACT_KEY])

@@ -232,6 +232,24 @@ def test_verify_and_rank_checks_by_fe_and_ranks_by_peak_stress(models):
     assert {tuple(row) for row in d} == {tuple(row) for row in s.designs[:12]}
 
 
+def test_a_method_that_yields_no_candidates_gets_an_empty_answer(models):
+    """A method whose budget ran out before its first batch (a time race): an empty, well-formed
+    table and counts of zero, not a crash (it was a KeyError on the ranking extras)."""
+
+    class Nothing:
+        def verification_fe(self, req):
+            return 0
+
+        def candidates(self, ctx):
+            return iter(())
+
+    req = request()
+    s = D.screen(SPACE, models, req, method=Nothing())
+    assert s.counts["candidates"] == 0 and len(s.designs) == 0 and set(s.fe_extras) == set(SPACE.ranking_extras)
+    r = D.verify_and_rank(SPACE, req, s)
+    assert len(r.table) == 0 and list(r.table.columns) == list(D.result_columns(SPACE))
+
+
 def test_unit_cell_requests_use_the_forward_model_and_the_cell_solver(models):
     req = request(d1=1, d2=1, top_k=5)
     assert req.conditions is None

@@ -1,5 +1,5 @@
-"""End to end: the real `dvc repro composite_design` on a tiny composite profile in a copy of the
-repo: brute force, data, study, predictor (registered and promoted), Table S1 / S2 and the
+"""End to end: the real `dvc repro composite_design` on the tiny profile (tests/jobs/conftest.py) in
+a copy of the repo: brute force, data, study, predictor (registered and promoted), Table S1 / S2 and the
 head-to-head; none of the lattice stages runs, and a second repro has nothing to do."""
 
 from __future__ import annotations
@@ -18,25 +18,6 @@ import yaml
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "dask": {"n_workers": 1},
-    "composite": {"m": 1, "ratio": 10.0, "soft_fraction": 0.0625},  # 2 of 32 soft: C(32, 2) = 496 designs
-    "composite_brute_force": {"shard_size": 100, "bins": 20},
-    "composite_data": {"groups": [30, 120], "test": 60, "seed": 0},
-    "composite_tune": {"trials": 2, "rows": 120, "fit": {"epochs": 2, "batch_size": 32, "learning_rate": 0.003},
-                       "pruner": {"startup_trials": 2, "warmup_epochs": 1},
-                       "space": {"hidden_layers": [2], "first_width": [8, 16]}, "paper": {"hidden_layers": 2, "first_width": 16}},
-    "composite_train": {"model": {"epochs": 3, "batch_size": 32}},
-    "composite_design": {"top_k": 5,
-                         "table": {"n_starts": 100, "steps": 5, "model": {"epochs": 3, "batch_size": 32}},
-                         "race": {"repeats": 1, "seconds": 0.5, "fe": 60, "fe_time_cap": 10.0,
-                                  "methods": {"backprop": {"n_starts": 50, "steps": 5},
-                                              "active": {"rounds": 2, "fe_per_round": 5, "proposer_starts": 20,
-                                                         "proposer_steps": 3, "epochs": 2},
-                                              "ga": {"population": 20, "parents": 5, "generations": 5},
-                                              "topopt": {"gradient": "fd", "iterations": 2},
-                                              "random": {"batch": 20}}}},
-}
 STAGES = ("composite_brute_force", "composite_data", "composite_tune", "composite_train", "composite_design")
 
 
@@ -57,10 +38,10 @@ def _run(args, cwd, timeout=1200) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, repo_copy) -> Path:
-    """A git + DVC copy of the working tree with the tiny composite profile, after `dvc repro composite_design`."""
-    dst = tmp_path_factory.mktemp("composite-e2e") / "repo"
-    repo_copy(dst, TINY, "e2e")
+def repo(tiny_repo, fresh_tiny_repo) -> Path:
+    """The session's tiny copy of the repo (tests/jobs/conftest.py) after `dvc repro composite_design`,
+    run there before any other stage (or in a copy of its own, where another module ran first)."""
+    dst = tiny_repo if not any((tiny_repo / "outputs/metrics").glob("*.json")) else fresh_tiny_repo()
     out = _run([sys.executable, "-m", "dvc", "repro", "composite_design"], dst)
     (dst / "repro.log").write_text(out.stdout + out.stderr)
     return dst

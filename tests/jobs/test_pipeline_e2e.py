@@ -1,4 +1,5 @@
-"""End to end: the real `dvc repro` on a tiny profile in a copy of the repo, with a SIGKILL mid-stage.
+"""End to end: the real `dvc repro` on the tiny profile in the session's copy of the repo
+(`tiny_repo`, tests/jobs/conftest.py), with a SIGKILL mid-stage.
 
 Every test stands alone: `pipeline` brings the copy's whole pipeline up to date (a no-op when an
 earlier test already did), so any test can be run by itself."""
@@ -8,10 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,59 +21,15 @@ import yaml
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "dask": {"n_workers": 1},
-    "cells": {"per_zg": 4000, "shard_size": 400},  # 50 shards
-    "tilings": {"cells": 120, "sizes_per_cell": 2, "shard_size": 60},
-    # the default profile's training options (symmetrised models, physics features, cosine), tiny
-    "train_forward": {"augment": "mirrors",
-                      "model": {"epochs": 3, "batch_size": 256, "learning_rate": 0.001, "patience": 0,
-                                "lr_schedule": "cosine", "symmetrize": "all"}},
-    "train_size_agnostic": {"augment": "all",
-                            "model": {"epochs": 3, "batch_size": 64, "learning_rate": 0.001, "patience": 0,
-                                      "features": "homogenized", "symmetrize": "mirrors"}},
-    "train_cvae": {"max_train_rows": 2000, "model": {"epochs": 2, "batch_size": 256, "learning_rate": 0.001}},
-    "evaluate": {"generator_k": 5, "generator_targets": 100, "tsne_points": 200},
-    # tuning stages: 2 trials of 2 epochs on a few hundred rows each (tests/test_tuning.py tests the search)
-    "tune_forward": {"trials": 2, "rows": 300, "fit": {"epochs": 2, "batch_size": 64, "learning_rate": 0.003},
-                     "data": {"pool_cells": 3000}},
-    "tune_size_agnostic": {"trials": 2, "rows": 150, "fit": {"epochs": 2, "batch_size": 64, "learning_rate": 0.003}},
-    "tune_cvae": {"trials": 2, "rows": 300, "fit": {"epochs": 2, "batch_size": 64, "learning_rate": 0.003}},
-    "design": {"n_candidates": 2000, "export_top": 1,
-               "sweep_profile": {"n_candidates": 200, "sizes": [[4, 4]], "target_stride": 49}},
-    # the head-to-head, the peaks demonstration and the composite stages, tiny (their own tests
-    # check what they find: tests/design/test_compare.py, tests/jobs/test_composite_e2e.py)
-    "compare_methods": {"test_cells": 1, "tiling_sizes": [[4, 4]], "requests": ["fig5_group1"], "rare": False,
-                        "n_candidates": 300, "top_k": 3, "race_seconds": 0.3, "race_fe": 8, "fe_race_time_cap": 5.0,
-                        "methods": {"cvae": {}, "backprop": {"n_starts": 20, "steps": 5},
-                                    "active": {"rounds": 2, "fe_per_round": 3, "proposer_starts": 10,
-                                               "proposer_steps": 3, "epochs": 2},
-                                    "ga": {"population": 10, "parents": 4, "generations": 3},
-                                    "topopt": {"iterations": 3}, "random": {"batch": 5}}},
-    "peaks_demo": {"points": 1000, "train": 800, "epochs": 3, "n_starts": 50, "steps": 20},
-    "composite": {"m": 1, "ratio": 10.0, "soft_fraction": 0.0625},  # 2 of 32 soft: 496 designs
-    "composite_brute_force": {"shard_size": 100, "bins": 20},
-    "composite_data": {"groups": [30, 120], "test": 60},
-    "composite_tune": {"trials": 2, "rows": 120, "fit": {"epochs": 2, "batch_size": 32, "learning_rate": 0.003},
-                       "pruner": {"startup_trials": 2, "warmup_epochs": 1},
-                       "space": {"hidden_layers": [2], "first_width": [8, 16]},
-                       "paper": {"hidden_layers": 2, "first_width": 16}},
-    "composite_train": {"model": {"epochs": 3, "batch_size": 32}},
-    "composite_design": {"top_k": 3,
-                         "table": {"n_starts": 50, "steps": 3, "model": {"epochs": 2, "batch_size": 32}},
-                         "race": {"repeats": 1, "seconds": 0.3, "fe": 20, "fe_time_cap": 5.0,
-                                  "methods": {"backprop": {"n_starts": 20, "steps": 3},
-                                              "ga": {"population": 10, "parents": 4, "generations": 3},
-                                              "random": {"batch": 10}}}},
-}
 
-
-def _env() -> dict:
+def _env(**extra) -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", PYTHONUNBUFFERED="1")
-    env.pop("DEEPDRAM_ROOT", None)
-    env.pop("DEEPDRAM_DASK_SCHEDULER", None)
+    env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", PYTHONUNBUFFERED="1", **extra)
+    for key in ("DEEPDRAM_ROOT", "DEEPDRAM_DASK_SCHEDULER", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI",
+                "DEEPDRAM_TEST_PAUSE_AT", "DEEPDRAM_TEST_PAUSE_FILE"):
+        if key not in extra:
+            env.pop(key, None)
     return env
 
 
@@ -91,13 +46,9 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, repo_copy) -> Path:
-    """A git + DVC copy of the working tree with the tiny profile in params.yaml."""
-    dst = tmp_path_factory.mktemp("e2e") / "repo"
-    repo_copy(dst, TINY, "e2e")
-    _run([sys.executable, "-m", "dvc", "pull", "-q", "data.dvc"], dst)
-    assert (dst / "data/reference/paper_tables.yaml").is_file()
-    return dst
+def repo(tiny_repo) -> Path:
+    """The session's tiny copy of the repo (tests/jobs/conftest.py)."""
+    return tiny_repo
 
 
 @pytest.fixture(scope="module")
@@ -129,25 +80,24 @@ def test_bad_params_fail_before_work(repo):
 
 def test_killed_stage_resumes_and_pipeline_completes(repo):
     """SIGKILL mid-`cells`, then `dvc repro` finishes without redoing shards; bytes equal a clean run."""
+    from deepdram.data.atomic import kill_at_pause_point
+
     scratch = repo / "outputs/.scratch/cells"
-    # forced, so the stage starts from scratch even when an earlier test already ran it
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-f", "-s", "cells"], cwd=repo, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    t0, parts = time.time(), []
-    while time.time() - t0 < 300:
-        parts = list(scratch.glob("*/part-*.parquet")) if scratch.exists() else []
-        if len(parts) >= 5 or proc.poll() is not None:
-            break
-        time.sleep(0.02)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:  # it ended by itself: the assertion below says why
-        pass
-    output = proc.communicate()[0].decode(errors="replace")
-    assert 5 <= len(parts) < 50, f"kill came too late or too early: {len(parts)} shards\n{output[-3000:]}"
+    # forced, so the stage starts from scratch even when an earlier test already ran it; it blocks
+    # after the 10th shard of its simulation (deepdram.data.atomic.pause_point; its sampling, before,
+    # has 5 shards, one per Z_g) and is killed there, not after a sleep
+    marker = repo.parent / "paused-cells"
+    output, status = kill_at_pause_point([sys.executable, "-m", "dvc", "repro", "-f", "-s", "cells"], "cells:shard-10",
+                                         marker, cwd=repo, env=_env())
+    assert marker.exists(), f"never paused after the 10th shard (exit {status}):\n{output[-3000:]}"
+    parts = list(scratch.glob("*/part-*.parquet"))
+    # the 10 this run finished, and any its worker wrote before the kill reached it
+    assert 10 <= len(parts) < 50, f"{len(parts)} shards\n{output[-3000:]}"
     done_before = {p.name: p.stat().st_mtime_ns for p in scratch.glob("*/part-*.parquet")}
 
-    out = _run([sys.executable, "-m", "dvc", "repro"], repo, timeout=1800)
+    # --no-run-cache: the job runs even where DVC's run cache holds outputs of these deps (an earlier
+    # test ran the stage): the resumption is under test
+    out = _run([sys.executable, "-m", "dvc", "repro", "--no-run-cache"], repo, timeout=1800)
     log = out.stdout + out.stderr
     assert f"resuming, {len(done_before)} of 50 shards already done" in log
     cells_digest = _digest(repo / "outputs/datasets/cells.parquet")

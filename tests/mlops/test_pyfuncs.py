@@ -299,3 +299,37 @@ print("RESULT", json.dumps(m.predict(np.array({designs.tolist()})).to_numpy().to
     assert "/artifacts/code/deepdram/mlops/pyfuncs.py" in lines["FROM"]
     expected = served["models"]["forward"].predict(designs).to_numpy()
     np.testing.assert_allclose(np.array(json.loads(lines["RESULT"])), expected, atol=1e-6)
+
+
+def test_small_calls_run_in_the_checked_numpy_twin_and_large_ones_in_keras(tmp_path):
+    """A symmetrised forward model: calls of up to TWIN_ROWS rows run in its NumPy twin once it was
+    found equal to the compiled Keras call, larger ones in Keras; both equal the Keras model. A twin
+    that disagrees on its first call is never used."""
+    from deepdram.learn import models
+    from deepdram.learn.configs import RegressorConfig
+    from deepdram.spaces.lattice.space import LatticeSpace
+
+    keras.utils.set_random_seed(0)
+    space = LatticeSpace()
+    _, full = models.build_regressor(42, 4, RegressorConfig(hidden_layers=2, first_width=32), features=None)
+    path = tmp_path / "forward.keras"
+    models.symmetrize(full, space, "all").save(path)
+
+    class Ctx:
+        artifacts = {pyfuncs.ARTIFACT_KEY: str(path)}
+
+    x = sample_designs(3.0, 300, seed=4).astype(float)
+    expected = np.asarray(keras.saving.load_model(path)(x.astype(np.float32)))
+    wrapper = KerasPyfunc("forward")
+    wrapper.load_context(Ctx())
+    assert wrapper._twin.agrees is None  # checked on the first small call
+    small = wrapper.predict(Ctx(), x[: pyfuncs.TWIN_ROWS]).to_numpy()
+    assert wrapper._twin.agrees is True and wrapper._twin.max_difference < 1e-6
+    np.testing.assert_allclose(small, expected[: pyfuncs.TWIN_ROWS], atol=1e-6)
+    np.testing.assert_allclose(wrapper.predict(Ctx(), x).to_numpy(), expected, atol=1e-6)
+
+    wrong = KerasPyfunc("forward")
+    wrong.load_context(Ctx())
+    wrong._twin.twin = lambda a: np.zeros((len(a), 4))
+    np.testing.assert_allclose(wrong.predict(Ctx(), x[:3]).to_numpy(), expected[:3], atol=1e-6)
+    assert wrong._twin.agrees is False

@@ -58,6 +58,32 @@ class Homogenization(keras.layers.Layer):
                        e1, e2, -s[:, 0, 1] * e1, -s[:, 0, 1] * e2, s[:, 0, 2] * e1, s[:, 1, 2] * e2], axis=1)
         return ops.cast(f, self.compute_dtype)
 
+    def numpy_twin(self):
+        """This layer as a NumPy function (`deepdram.learn.numpy_graph`): the same steps in the same
+        precisions as `call`."""
+        from deepdram.spaces.lattice import homogenize
+
+        tables = homogenize.beam_tables().astype(np.float32)
+        opposite, perimeter, norm = homogenize.OPPOSITE.astype(np.intp), homogenize.ON_PERIMETER, homogenize.NORM
+        lo, hi, n = int(homogenize.KEPT[0]), homogenize.N_FREE, homogenize.N_DOF
+
+        def run(inputs, **_):
+            x = np.asarray(inputs, np.float32)
+            union = np.maximum(x, x[:, opposite])
+            w = np.where(perimeter, np.float32(0.5) * union, x)
+            k = (w @ tables).astype(np.float64).reshape(-1, n, n)
+            kwe = k[:, lo:hi, hi:]
+            sol = np.linalg.solve(k[:, lo:hi, lo:hi], kwe)
+            c = k[:, hi:, hi:] - np.transpose(kwe, (0, 2, 1)) @ sol
+            c = 0.5 * (c + np.transpose(c, (0, 2, 1))) * norm
+            s = np.linalg.inv(c)
+            e1, e2 = 1.0 / s[:, 0, 0], 1.0 / s[:, 1, 1]
+            f = np.stack([c[:, 0, 0], c[:, 1, 1], c[:, 0, 1], c[:, 0, 2], c[:, 1, 2], c[:, 2, 2],
+                          e1, e2, -s[:, 0, 1] * e1, -s[:, 0, 1] * e2, s[:, 0, 2] * e1, s[:, 1, 2] * e2], axis=1)
+            return f.astype(np.float32)
+
+        return run
+
     def compute_output_shape(self, input_shape):
         from deepdram.spaces.lattice.homogenize import N_FEATURES
 

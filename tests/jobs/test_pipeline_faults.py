@@ -6,8 +6,9 @@ The kills land at a known point, not after a sleep: the job blocks at a pause po
 (`deepdram.data.atomic.pause_point`: $DEEPDRAM_TEST_PAUSE_AT names it, the job writes
 $DEEPDRAM_TEST_PAUSE_FILE and waits) and the test SIGKILLs the whole `dvc repro` process group.
 After each rerun: the stage completes; its deterministic outputs equal those of an uninterrupted
-run (`dvc repro -f -s <stage>` afterwards; the reruns pass --no-run-cache, or DVC would restore
-outputs it has cached for these deps instead of running the job); no output is half-written (absent or whole; no temporary left); the killed MLflow runs are
+run (the stage's own `dvc repro` before the kills: the pipeline's run, when one ran; the reruns
+pass --no-run-cache, or DVC would restore outputs it has cached for these deps instead of running
+the job); no output is half-written (absent or whole; no temporary left); the killed MLflow runs are
 FAILED; every registry alias points at a version whose run finished and whose artifacts are all
 there.
 
@@ -16,8 +17,9 @@ version numbers (outputs/models/<key>.json, the `designer` entry of outputs/desi
 timings (outputs/metrics/*.json, each request's `seconds` in that summary), and inside a .keras
 file its `metadata.json` (save date) and `config.json` (Python object ids); its weights are compared.
 
-The slow tests build a copy of the repo with a tiny profile (as tests/jobs/test_pipeline_e2e.py);
-each brings the upstream stages it needs up to date itself, so any one can run alone.
+The slow tests run in the session's tiny copy of the repo (`tiny_repo`, tests/jobs/conftest.py),
+after tests/jobs/test_pipeline_e2e.py has run its whole pipeline there; each brings the upstream
+stages it needs up to date itself, so any one can run alone.
 """
 
 from __future__ import annotations
@@ -25,37 +27,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
-
-
-TINY = {
-    "dask": {"n_workers": 1},
-    "cells": {"per_zg": 4000, "shard_size": 400},
-    "tilings": {"cells": 120, "sizes_per_cell": 2, "shard_size": 20},  # 12 shards
-    "train_forward": {"augment": "mirrors",
-                      "model": {"epochs": 3, "batch_size": 256, "learning_rate": 0.001, "patience": 0,
-                                "lr_schedule": "cosine", "symmetrize": "all"}},
-    "train_size_agnostic": {"augment": "all",
-                            "model": {"epochs": 3, "batch_size": 64, "learning_rate": 0.001, "patience": 0,
-                                      "features": "homogenized", "symmetrize": "mirrors"}},
-    "train_cvae": {"max_train_rows": 2000, "model": {"epochs": 2, "batch_size": 256, "learning_rate": 0.001}},
-    "evaluate": {"generator_k": 5, "generator_targets": 100, "tsne_points": 200},
-    # one trial of each study: the training stages only need a *_best.yaml
-    "tune_forward": {"trials": 1, "folds": 2, "rows": 300,
-                     "fit": {"epochs": 2, "batch_size": 64, "learning_rate": 0.003}, "data": {"pool_cells": 3000}},
-    "tune_size_agnostic": {"trials": 1, "folds": 2, "rows": 150,
-                           "fit": {"epochs": 2, "batch_size": 64, "learning_rate": 0.003}},
-    "tune_cvae": {"trials": 1, "folds": 2, "rows": 300, "fit": {"epochs": 2, "batch_size": 64, "learning_rate": 0.003}},
-    "design": {"n_candidates": 2000, "export_top": 1,
-               "sweep_profile": {"n_candidates": 200, "sizes": [[4, 4]], "target_stride": 49}},
-}
 
 
 # the rerun after a kill: a plain `dvc repro`, but one that runs the job even where DVC's run cache
@@ -91,28 +68,13 @@ def _dvc(repo: Path, *args: str, check=True) -> subprocess.CompletedProcess:
 def _kill_at(repo: Path, point: str, *dvc_args: str, timeout: float = 1800) -> str:
     """Run `dvc repro ARGS` until the job reaches pause point `point`, SIGKILL its whole process
     group there; returns the output (AssertionError if it never got there)."""
+    from deepdram.data.atomic import kill_at_pause_point
+
     marker = repo.parent / f"paused-{point.replace(':', '-')}"
-    marker.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", *dvc_args], cwd=repo,
-                            env=_env(DEEPDRAM_TEST_PAUSE_AT=point, DEEPDRAM_TEST_PAUSE_FILE=str(marker)),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + timeout
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    output = proc.communicate(timeout=120)[0].decode(errors="replace")
-    assert marker.exists(), f"never paused at {point} (exit {proc.returncode}):\n{output[-4000:]}"
+    output, status = kill_at_pause_point([sys.executable, "-m", "dvc", "repro", *dvc_args], point, marker,
+                                         cwd=repo, env=_env(), timeout=timeout)
+    assert marker.exists(), f"never paused at {point} (exit {status}):\n{output[-4000:]}"
     assert marker.read_text().split()[0] == point
-    deadline = time.time() + 60  # the group's processes (Dask workers) are gone before the rerun
-    while time.time() < deadline:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
     return output
 
 
@@ -323,12 +285,9 @@ def test_a_failed_write_the_job_did_not_wrap_ends_the_stage_with_one_line(capsys
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, repo_copy) -> Path:
-    """A git + DVC copy of the working tree with the tiny profile in params.yaml."""
-    dst = tmp_path_factory.mktemp("faults") / "repo"
-    repo_copy(dst, TINY, "faults")
-    _run([sys.executable, "-m", "dvc", "pull", "-q", "data.dvc"], dst)
-    return dst
+def repo(tiny_repo) -> Path:
+    """The session's tiny copy of the repo (tests/jobs/conftest.py)."""
+    return tiny_repo
 
 
 @pytest.mark.slow
@@ -339,7 +298,8 @@ def test_killed_tilings_resumes_and_writes_the_same_dataset(repo):
     an uninterrupted run writes."""
     out = repo / "outputs/datasets/tilings.parquet"
     scratch = repo / "outputs/.scratch/tilings"
-    _dvc(repo, "repro", "resample")  # the upstream stages
+    _dvc(repo, "repro", "tilings")  # the stage and its upstream, uninterrupted (a no-op after the pipeline)
+    uninterrupted = _digest(out)
     # forced: the stage runs from scratch even when an earlier test ran it (DVC's run cache would
     # otherwise restore its outputs without running it)
     _kill_at(repo, "tilings:shard-3", "-f", "-s", "tilings")
@@ -360,9 +320,49 @@ def test_killed_tilings_resumes_and_writes_the_same_dataset(repo):
     assert resumed == copied
     assert _leftovers(repo) == [] and not any(scratch.glob("*/part-*"))
     assert "up to date" in _dvc(repo, "repro", "tilings").stdout.lower()
+    assert resumed == uninterrupted
 
-    _dvc(repo, "repro", "-f", "-s", "tilings")  # uninterrupted
-    assert _digest(out) == resumed
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)  # the tiny pipeline upstream, on a busy machine
+def test_killed_design_recovers_with_the_same_designs(repo):
+    """Kill the design stage with its designer run open (model logged), and again with every output
+    written but not swapped in (designer registered and promoted): the next `dvc repro` fails the
+    killed run, clears the work folders and writes the designs an uninterrupted run writes."""
+    from deepdram.mlops.catalogue import DESIGNER
+
+    designs = repo / "outputs/designs"
+    # the stage and its upstream (trained, evaluated, promoted champions), uninterrupted
+    _dvc(repo, "repro", "design")
+    uninterrupted, uninterrupted_summary = _digest(designs), json.loads((designs / "summary.json").read_text())
+    before = set(_runs(repo, DESIGNER.experiment))
+
+    _kill_at(repo, "design:designer-logged", "-f", "-s", "design")
+    killed = [r for k, r in _runs(repo, DESIGNER.experiment).items() if k not in before]
+    assert len(killed) == 1 and killed[0].info.status == "RUNNING"
+    assert not designs.exists()  # removed by DVC before the stage ran; the work folder holds the new
+    assert len(list(designs.parent.glob(".designs.*"))) == 1
+
+    _kill_at(repo, "design:swap", *RERUN, "design")
+    runs = _runs(repo, DESIGNER.experiment)
+    assert runs[killed[0].info.run_id].info.status == "FAILED"
+    assert "died before the run ended" in runs[killed[0].info.run_id].data.tags["deepdram.error"]
+    assert len(list(designs.parent.glob(".designs.*"))) == 1  # the first killed run's folder is gone
+    assert not designs.exists()
+    _assert_aliases_sound(repo, DESIGNER.name)  # registered and promoted whole before the kill
+
+    _dvc(repo, "repro", *RERUN, "design")
+    assert _leftovers(repo) == []
+    assert oct(designs.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+    resumed = _digest(designs)
+    resumed_summary = json.loads((designs / "summary.json").read_text())
+    assert not [r for r in _runs(repo, DESIGNER.experiment).values() if r.info.status == "RUNNING"]
+
+    assert _deterministic(uninterrupted_summary) == _deterministic(resumed_summary)
+    assert {k: v for k, v in uninterrupted.items() if k != "summary.json"} == {
+        k: v for k, v in resumed.items() if k != "summary.json"}
+    for name in ("deepdram-forward", "deepdram-size-agnostic", "deepdram-generator", DESIGNER.name):
+        _assert_aliases_sound(repo, name)
 
 
 @pytest.mark.slow
@@ -374,8 +374,15 @@ def test_killed_training_and_registration_recover(repo):
     uninterrupted run's."""
     from deepdram.mlops.catalogue import FORWARD
 
-    _dvc(repo, "repro", "tune_forward")  # the upstream data and the tuned configuration
     models = repo / "outputs/models"
+
+    def outputs() -> dict:
+        record = json.loads((models / "forward.json").read_text())
+        return {"history": _digest(repo / "outputs/reports/training"), "weights": _keras_weights(models / "forward.keras"),
+                "record": {k: v for k, v in record.items() if k not in ("run_id", "version")}}
+
+    _dvc(repo, "repro", "train_forward")  # the stage and its upstream, uninterrupted
+    uninterrupted = outputs()
     before = set(_runs(repo, FORWARD.experiment))
 
     _kill_at(repo, "train_forward:logged", "-f", "-s", "train_forward")
@@ -404,15 +411,7 @@ def test_killed_training_and_registration_recover(repo):
     assert aliases["challenger"] == record["version"]
     assert not [r for r in _runs(repo, FORWARD.experiment).values() if r.info.status == "RUNNING"]
     assert _leftovers(repo) == []
-    recovered = {"history": _digest(repo / "outputs/reports/training"), "weights": _keras_weights(models / "forward.keras"),
-                 "record": {k: v for k, v in record.items() if k not in ("run_id", "version")}}
-
-    _dvc(repo, "repro", "-f", "-s", "train_forward")  # uninterrupted
-    record = json.loads((models / "forward.json").read_text())
-    assert recovered == {"history": _digest(repo / "outputs/reports/training"),
-                         "weights": _keras_weights(models / "forward.keras"),
-                         "record": {k: v for k, v in record.items() if k not in ("run_id", "version")}}
-    _assert_aliases_sound(repo, FORWARD.name)
+    assert outputs() == uninterrupted
 
 
 def _registered(c) -> bool:
@@ -425,44 +424,3 @@ def _registered(c) -> bool:
         return True
     except MlflowException:
         return False
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(3600)  # the tiny pipeline upstream, on a busy machine
-def test_killed_design_recovers_with_the_same_designs(repo):
-    """Kill the design stage with its designer run open (model logged), and again with every output
-    written but not swapped in (designer registered and promoted): the next `dvc repro` fails the
-    killed run, clears the work folders and writes the designs an uninterrupted run writes."""
-    from deepdram.mlops.catalogue import DESIGNER
-
-    designs = repo / "outputs/designs"
-    _dvc(repo, "repro", "promote")  # the tiny pipeline: trained, evaluated, promoted champions
-    before = set(_runs(repo, DESIGNER.experiment))
-
-    _kill_at(repo, "design:designer-logged", "-f", "-s", "design")
-    killed = [r for k, r in _runs(repo, DESIGNER.experiment).items() if k not in before]
-    assert len(killed) == 1 and killed[0].info.status == "RUNNING"
-    assert not designs.exists()  # removed by DVC before the stage ran; the work folder holds the new
-    assert len(list(designs.parent.glob(".designs.*"))) == 1
-
-    _kill_at(repo, "design:swap", *RERUN, "design")
-    runs = _runs(repo, DESIGNER.experiment)
-    assert runs[killed[0].info.run_id].info.status == "FAILED"
-    assert "died before the run ended" in runs[killed[0].info.run_id].data.tags["deepdram.error"]
-    assert len(list(designs.parent.glob(".designs.*"))) == 1  # the first killed run's folder is gone
-    assert not designs.exists()
-    _assert_aliases_sound(repo, DESIGNER.name)  # registered and promoted whole before the kill
-
-    _dvc(repo, "repro", *RERUN, "design")
-    assert _leftovers(repo) == []
-    assert oct(designs.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
-    resumed = _digest(designs)
-    resumed_summary = json.loads((designs / "summary.json").read_text())
-    assert not [r for r in _runs(repo, DESIGNER.experiment).values() if r.info.status == "RUNNING"]
-
-    _dvc(repo, "repro", "-f", "-s", "design")  # uninterrupted
-    assert _deterministic(json.loads((designs / "summary.json").read_text())) == _deterministic(resumed_summary)
-    assert {k: v for k, v in _digest(designs).items() if k != "summary.json"} == {
-        k: v for k, v in resumed.items() if k != "summary.json"}
-    for name in ("deepdram-forward", "deepdram-size-agnostic", "deepdram-generator", DESIGNER.name):
-        _assert_aliases_sound(repo, name)
