@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 
-pytestmark = pytest.mark.slow
+# the tiny pipeline takes 8-10 minutes on a quiet 2-core machine, over 15 beside a `dvc repro`
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 STAGES = ("composite_brute_force", "composite_data", "composite_tune", "composite_train", "composite_design")
 
