@@ -15,6 +15,11 @@ Printed: candidates/s of each path, the speedup, whether both give the same best
 sweep (196 targets x 1e5 candidates at its 19 sizes; the paper: ~38 min on 18 cores), and the
 targets: the new path >= 3x the old one, and the aspiration of 250,000 candidates/s.
 
+Also printed: the arithmetic ceiling of any exact screening on this machine, measured in the same
+run: float32 multiply-adds per (design, size) of the network the new path runs, times the sizes
+and the share of candidates it predicts (distinct, not cached), against the float32 matrix-product rate
+of NumPy on blocks of the sweep's shape. A rate above it needs fewer products, not faster code.
+
 Models: the registry's champions (deepdram-generator, deepdram-size-agnostic, deepdram-forward
 @champion), else outputs/models/{generator,size_agnostic,forward}.keras, or the folder --models
 names. The benchmark trains nothing: without the models it says which it needs and exits 2.
@@ -238,6 +243,39 @@ def predictor_text(predict) -> str:
     return "the Keras model (the split regressor does not apply to this model)"
 
 
+def gemm_rate(rows: int, widths: list[tuple[int, int]], repeats: int = 3) -> float:
+    """Multiply-adds per second of float32 `rows x k @ k x n` products of these (k, n) shapes (best of
+    `repeats`; NumPy's BLAS on every core, as the new path runs them)."""
+    rng = np.random.default_rng(0)
+    pairs = [(rng.random((rows, k), dtype=np.float32), rng.random((k, n), dtype=np.float32)) for k, n in widths]
+    macs = rows * sum(k * n for k, n in widths)
+    best = np.inf
+    for _ in range(repeats + 1):  # the first run warms the BLAS threads
+        t0 = time.perf_counter()
+        for a, b in pairs:
+            a @ b
+        best = min(best, time.perf_counter() - t0)
+    return macs / best
+
+
+def ceiling(predict, n_sizes: int, distinct_share: float) -> dict | None:
+    """The exact screening's arithmetic bound: multiply-adds per (design, size) of the split regressor
+    (its layers after the first, plus the conditions' share of the first), the machine's float32 rate
+    on those shapes, and the candidates/s they allow (None without the split regressor)."""
+    if not predict.uses_split:
+        return None
+    from deepdram.design.screening import BLOCK
+
+    layers = predict.split.layers
+    nv, n_in = predict.split.n_variables, len(predict.split.x_scale)
+    widths = [(int(w.shape[0]), int(w.shape[1])) for w, *_ in layers[1:]]
+    per_size = (n_in - nv) * int(layers[0][0].shape[1]) + sum(k * n for k, n in widths)
+    rate = gemm_rate(BLOCK, widths)
+    per_candidate = per_size * n_sizes * distinct_share
+    return {"macs": per_size, "rate": rate, "candidates_s": rate / per_candidate,
+            "needed": ASPIRATION * per_candidate}
+
+
 def report(args, grid, source, predict, gen_s, old: PathResult, new: PathResult, agree: dict, target_ids) -> None:
     n_total = args.candidates * len(target_ids)
     n_sizes = len(grid.sizes)
@@ -273,6 +311,14 @@ def report(args, grid, source, predict, gen_s, old: PathResult, new: PathResult,
           f"({speedup:.2f}x)")
     print(f"aspiration >= {ASPIRATION:,} candidates/s (screening, new path, all timed targets): "
           f"{verdict(r_new >= ASPIRATION)} ({r_new:,.0f}/s)")
+    share = sum(new.new) / n_total  # the designs the new path had to predict (distinct, not cached)
+    bound = ceiling(predict, n_sizes, share)
+    if bound is not None:
+        print(f"arithmetic ceiling of exact screening: {bound['macs']:,} float32 multiply-adds per (design, size) "
+              f"x {n_sizes} sizes x {share:.1%} of the candidates predicted (distinct, not cached); this machine's float32 products "
+              f"{bound['rate'] / 1e9:.1f} G multiply-adds/s -> at most {bound['candidates_s']:,.0f} candidates/s "
+              f"(new path at {r_new / bound['candidates_s']:.0%} of it); {ASPIRATION:,}/s would need "
+              f"{bound['needed'] / 1e9:,.0f} G multiply-adds/s")
 
 
 def warm_rates(n: int, old: PathResult, new: PathResult) -> tuple[float, float] | None:

@@ -136,7 +136,10 @@ def test_served_models_answer_as_before(pyfuncs, recorded_inputs, rec):
     if rec["ok"]:
         out = model.predict(None, inp)
         assert list(out.columns) == rec["columns"]
-        np.testing.assert_allclose(out.to_numpy(), np.asarray(rec["values"]), rtol=1e-6, atol=1e-7)
+        # float32 models: the same weights differ in the 7th digit between CPUs' BLAS / oneDNN kernels
+        # and between the NumPy twin and the Keras call (2.1e-6 relative measured on an AVX-512
+        # machine); a changed weight, scaling or column order moves them by orders of magnitude more
+        np.testing.assert_allclose(out.to_numpy(), np.asarray(rec["values"]), rtol=1e-5, atol=1e-6)
     else:
         from mlflow.exceptions import MlflowException
 

@@ -1,9 +1,9 @@
 """A Keras model as a plain NumPy function, for calls where the framework's own cost dominates.
 
 A served request of a few rows spends most of its time in the framework's call, not in the
-arithmetic: a traced TensorFlow call of the 4-image size-agnostic champion takes ~2.5 ms for one
-row, the same products in NumPy ~0.2 ms. `numpy_twin(model)` walks the model's functional graph
-compiled once into NumPy steps, a NumPy twin per layer:
+arithmetic: for one row of the 4-image size-agnostic champion, the traced TensorFlow call took
+2.46 ms and this module's NumPy twin 0.80 ms (measured in-process). `numpy_twin(model)` compiles the
+model's functional graph once into a list of NumPy steps, one per layer call:
 
 - Keras layers: Dense, BatchNormalization (inference), Dropout (the identity), Concatenate,
   Average, Activation, nested functional models;
@@ -67,7 +67,7 @@ def _dense(layer) -> Callable | None:
 
 
 def _batch_norm(layer) -> Callable | None:
-    if layer.axis not in (-1, [-1]) and list(np.atleast_1d(layer.axis)) != [-1]:
+    if list(np.atleast_1d(layer.axis)) != [-1]:
         return None
     mean, var = _f32(layer.moving_mean), _f32(layer.moving_variance)
     scale = 1.0 / np.sqrt(var + np.float32(layer.epsilon))

@@ -275,6 +275,6 @@ def log_designer(keras_paths: dict, name: str = "designer", metadata: dict | Non
             return mlflow.pyfunc.log_model(
                 name=name, python_model=str(script),
                 artifacts={k: str(Path(keras_paths[k]).resolve()) for k in ROLES},
-                signature=signature(), pip_requirements=pip_requirements(("scipy", "numba", "manifold3d")),
+                signature=signature(), pip_requirements=pip_requirements(("scipy", "manifold3d")),
                 code_paths=[str(code)], metadata=meta,
                 model_config={"variances": {k: [float(x) for x in v] for k, v in (variances or {}).items()}})

@@ -63,29 +63,18 @@ def zg_of(designs: np.ndarray) -> np.ndarray:
 # --- Validity -------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def _adjacency_weights() -> np.ndarray:
-    """(42, 16) int64: beam k adds bit `other` to node n's neighbour mask."""
-    w = np.zeros((N_BEAMS, N_NODES), dtype=np.int64)
-    for k, (a, b) in enumerate(BEAMS):
-        w[k, a] = 1 << b
-        w[k, b] = 1 << a
-    return w
-
-
 def reach_masks(designs: np.ndarray) -> np.ndarray:
-    """Bit mask of the nodes connected to node 0, per design (vectorised closure)."""
-    d = np.asarray(designs)
-    # Each beam at a node leads to a different neighbour, so OR over beams equals the sum.
-    adj = d.astype(np.int64) @ _adjacency_weights()
-    reach = np.ones(d.shape[0], dtype=np.int64)
-    while True:
-        new = reach.copy()
-        for n in range(N_NODES):
-            new |= np.where((new >> n) & 1, adj[:, n], 0)
-        if np.array_equal(new, reach):
-            return reach
-        reach = new
+    """Bit mask of the nodes connected to node 0, per design (compiled: `_reach_kernel`)."""
+    from deepdram.spaces.lattice._reach_kernel import reach  # numba: imported when first needed
+
+    d = np.ascontiguousarray(np.atleast_2d(np.asarray(designs)), dtype=np.uint8)
+    return reach(d, _beam_ends(), N_NODES)
+
+
+@lru_cache(maxsize=1)
+def _beam_ends() -> np.ndarray:
+    """(42, 2) int64: the two nodes of each beam."""
+    return np.asarray(BEAMS, np.int64)
 
 
 def is_valid(designs: np.ndarray) -> np.ndarray:
