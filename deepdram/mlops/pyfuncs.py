@@ -549,8 +549,6 @@ class KerasPyfunc(mlflow.pyfunc.PythonModel):
 
         self.model = _load_keras(path, self.space)
         self._fn = compiled(self.model)
-        space = get_space(self.space)
-        space.is_valid(np.zeros((1, space.n_variables), np.uint8))  # compiled checks load now, not on a request
         model, fn, batch = self.model, self._fn, self.batch_size
 
         def framework(x: np.ndarray) -> np.ndarray:
@@ -627,7 +625,7 @@ def signature(kind: str, *, input_schema: bool = False, space: str = DEFAULT_SPA
 def pip_requirements(extra: tuple[str, ...] = ()) -> list[str]:
     """Pinned requirements of the serving environment, from the installed versions."""
     reqs = []
-    # numba: the lattice's validity check and homogenisation features are compiled with it
+    # numba: the lattice's homogenisation features (the size-agnostic model's physics layer) import it
     for dist in ("mlflow", "keras", ("tensorflow-cpu", "tensorflow"), "numpy", "pandas", "numba", *extra):
         for name in (dist if isinstance(dist, tuple) else (dist,)):
             try:
