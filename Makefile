@@ -62,6 +62,7 @@ bench: $(STAMP) services ## Run the benchmarks and print measured figures agains
 	$(PY) benchmarks/bench_inverse.py
 	$(PY) benchmarks/bench_composite.py
 	$(PY) benchmarks/bench_serving.py
+	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_tuning.py
 	$(PY) benchmarks/bench_mlflow_scale.py --trials $(SCALE_TRIALS)
 

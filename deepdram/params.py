@@ -45,6 +45,13 @@ class Dask(Section):
     threads_per_worker: PositiveInt = 1
 
 
+class Keras(Section):
+    """The Keras backend of the stages that train (an input of their results: float arithmetic
+    differs by backend); `evaluate` and served models run on TensorFlow."""
+
+    backend: Literal["tensorflow", "jax"] = "tensorflow"
+
+
 # --- data stages ------------------------------------------------------------------------------------
 
 
@@ -488,6 +495,7 @@ class Params(Section):
     """The whole params.yaml."""
 
     dask: Dask = Dask()
+    keras: Keras = Keras()
     cells: Cells
     resample: Resample
     tilings: Tilings

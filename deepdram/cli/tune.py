@@ -17,6 +17,7 @@ DVC stage does); with --trials N this process runs N more trials, so several
 workers (a SLURM job array) share one study when they name the same --storage
 (a PostgreSQL URL) and the same MLflow server ($MLFLOW_TRACKING_URI). Each
 worker writes outputs/tuning/<MODEL>_best.yaml from the whole study when done.
+Trials train on the Keras backend of params.yaml keras.backend, as the stage's.
 """
 
 EPILOG = """\
@@ -51,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--trials must be >= 1; got {args.trials}")
     worker = args.worker if args.worker is not None else int(os.environ.get("SLURM_ARRAY_TASK_ID", "0") or 0)
     params = schema.load()
+    from deepdram.learn.backend import use
+
+    use(params.keras.backend)  # as the tuning stages do: every worker of a study trains alike
     out = run_study(getattr(params, f"tune_{args.model}"), args.model, resample=params.resample, storage=args.storage,
                     n_trials=args.trials, worker=worker, progress=not args.quiet)
     print(json.dumps(out, indent=1))

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from deepdram.jobs.runner import run
 
-SECTIONS = ("train_cvae",)
+SECTIONS = ("train_cvae", "keras")
 
 
 def job(params) -> dict:
+    from deepdram.learn.backend import use
+
+    use(params.keras.backend)  # before the code below imports Keras
     from deepdram.jobs.runner import read_table
     from deepdram.jobs.training_common import finish_training, log_common, model_overrides, start_run
     from deepdram.learn import models

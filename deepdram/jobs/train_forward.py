@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from deepdram.jobs.runner import run
 
-SECTIONS = ("train_forward",)
+SECTIONS = ("train_forward", "keras")
 
 
 def job(params) -> dict:
+    from deepdram.learn.backend import use
+
+    use(params.keras.backend)  # before the code below imports Keras
     from deepdram.jobs.runner import read_table
     from deepdram.jobs.training_common import model_overrides, train_regressor_job
     from deepdram.learn.configs import RegressorConfig

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from deepdram.jobs.runner import run
 
-SECTIONS = ("train_size_agnostic",)
+SECTIONS = ("train_size_agnostic", "keras")
 
 
 def job(params) -> dict:
+    from deepdram.learn.backend import use
+
+    use(params.keras.backend)  # before the code below imports Keras
     from deepdram.data.splits import split_rows
     from deepdram.jobs.runner import read_table
     from deepdram.jobs.training_common import model_overrides, train_regressor_job

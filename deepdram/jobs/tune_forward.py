@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from deepdram.jobs.runner import run
 
-SECTIONS = ("tune_forward", "resample")
+SECTIONS = ("tune_forward", "resample", "keras")
 
 
 def job(params) -> dict:
+    from deepdram.learn.backend import use
+
+    use(params.keras.backend)  # before the code below imports Keras
     from deepdram.jobs.tuning_common import run_study
 
     return run_study(params.tune_forward, "forward", resample=params.resample)
