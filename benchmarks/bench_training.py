@@ -23,7 +23,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 MODELS = ("forward", "size_agnostic")
-BACKENDS = ("tensorflow", "jax")
 
 
 def _child(model: str, epochs: int, rows: int | None) -> dict:
@@ -101,6 +100,8 @@ def main(argv=None) -> int:
     for m in models:
         if m not in MODELS:
             ap.error(f"--models: unknown model {m!r}; choose from {', '.join(MODELS)}")
+    from deepdram.learn.backend import BACKENDS
+
     ok = True
     for m in models:
         res = {}

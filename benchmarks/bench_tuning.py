@@ -119,25 +119,31 @@ def epochs_to_reach(trials: list[tuple[int, float | None]], target: float) -> tu
     return None
 
 
-def full_training(values: dict, rows: int, epochs: int) -> float:
-    """Val R2 of one configuration trained as the training stage trains it (fewer cells / epochs)."""
+def full_data(section, rows: int) -> tuple:
+    """(x_tr, y_tr, x_va, y_va): `rows` train cells with the training stage's augmentation, the val split."""
     import pandas as pd
 
-    from deepdram.learn import models as M
-    from deepdram.learn.configs import RegressorConfig
-    from deepdram.learn.metrics import r2_overall
     from deepdram.learn.training import augment_symmetries, subsample, xy
-    from deepdram.params import load
     from deepdram.paths import SPLITS_DIR
     from deepdram.spaces.lattice.space import LatticeSpace
 
-    section = load().train_forward
     space = LatticeSpace()
-    train, (x_va, y_va) = (xy(space, pd.read_parquet(SPLITS_DIR / f"{s}.parquet")) for s in ("train", "val"))
-    x_tr, y_tr = augment_symmetries(space, *subsample(*train, rows, 1), section.augment)
-    model = {k: v for k, v in section.model.items() if k not in ("symmetrize",)}
+    train, val = (xy(space, pd.read_parquet(SPLITS_DIR / f"{s}.parquet")) for s in ("train", "val"))
+    return (*augment_symmetries(space, *subsample(*train, rows, 1), section.augment), *val)
+
+
+def full_training(values: dict, section, data: tuple, epochs: int) -> float:
+    """Val R2 of one configuration trained as the training stage trains it (fewer cells / epochs)."""
+    from deepdram.learn import models as M
+    from deepdram.learn.configs import RegressorConfig
+    from deepdram.learn.metrics import r2_overall
+    from deepdram.spaces.lattice.space import LatticeSpace
+
+    x_tr, y_tr, x_va, y_va = data
+    # the saved model's symmetry averaging changes only how it predicts, not what it learns
+    model = {k: v for k, v in section.model.items() if k != "symmetrize"}
     cfg = RegressorConfig.forward_paper(**{**FIXED, **values, **model, "epochs": epochs, "patience": 0})
-    trained, _ = M.train_regressor(x_tr, y_tr, None, None, cfg, space=space)
+    trained, _ = M.train_regressor(x_tr, y_tr, None, None, cfg, space=LatticeSpace())
     return float(r2_overall(y_va, M.predict(trained, x_va)))
 
 
@@ -217,9 +223,10 @@ def main(argv=None) -> int:
         ranked = sorted(grid, key=lambda g: -g[1])
         pick = [ranked[int(i)] for i in np.linspace(0, len(ranked) - 1, min(args.sample, len(ranked)))]
         cv, full = [], []
+        full_set = full_data(params.train_forward, args.full_rows)
         for values, score in pick:
             t0 = time.perf_counter()
-            full.append(full_training(values, args.full_rows, args.full_epochs))
+            full.append(full_training(values, params.train_forward, full_set, args.full_epochs))
             cv.append(score)
             print(f"  CV R2 {score:.4f} -> full training R2 {full[-1]:.4f} ({time.perf_counter() - t0:.0f} s) "
                   f"at {values}", flush=True)

@@ -17,6 +17,7 @@ from pydantic_core import PydanticCustomError
 
 from deepdram.design.methods.names import BUILT_IN
 from deepdram.errors import InputError
+from deepdram.learn.backend import BACKENDS
 from deepdram.spaces.lattice.constants import TILING_SIZES, ZG_VALUES
 
 
@@ -49,7 +50,7 @@ class Keras(Section):
     """The Keras backend of the stages that train (an input of their results: float arithmetic
     differs by backend); `evaluate` and served models run on TensorFlow."""
 
-    backend: Literal["tensorflow", "jax"] = "tensorflow"
+    backend: Literal[BACKENDS] = "tensorflow"
 
 
 # --- data stages ------------------------------------------------------------------------------------

@@ -34,10 +34,3 @@ def use(name: str) -> str:
         # float32 weights and inputs either way, so training runs at the same speed.
         os.environ["JAX_ENABLE_X64"] = "1"
     return name
-
-
-def current() -> str:
-    """The backend Keras runs on (imports Keras)."""
-    import keras
-
-    return keras.backend.backend()
