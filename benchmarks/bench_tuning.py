@@ -4,7 +4,7 @@ means at full training.
 One reduced space of Table 5 (48 configurations), one fixed subset of the forward model's train
 split, 3 folds, the same per-configuration training: the grid scores every configuration by the
 CV objective the tuning stage runs (`deepdram.learn.search.objective.cross_validate`). Then the
-stage's own tuner (`deepdram.learn.search.study.tune`: TPE with constant liar, the median pruner of
+stage's own tuner (`deepdram.learn.search.study.tune`: TPE with constant liar, the pruner of
 params.yaml `tune_forward.pruner`, duplicates answered from the study, every trial a nested MLflow
 run in a temporary sqlite store) runs one study per sampler seed (the stage's `worker` number), on
 the same data and folds. Printed per seed: the training epochs the study spent until a trial came
@@ -17,12 +17,18 @@ ranking holds at full scale.
 
     python benchmarks/bench_tuning.py [--rows 3000] [--epochs 5] [--tol 0.002] [--seeds 5]
         [--trials 24] [--sample 8] [--full-rows 20000] [--full-epochs 20]
+        [--pruner kind=median startup_trials=6 ...] [--grid-cache FILE]
+
+`--pruner` overrides keys of params.yaml's `tune_forward.pruner` (checked by the params schema), to
+compare settings; `--grid-cache` keeps the grid's scores in a JSON file and reuses them when the
+settings that produced them (rows, epochs, backend) match.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import sys
 import tempfile
@@ -87,6 +93,21 @@ def run_grid(cfg, data) -> tuple[list[tuple[dict, float]], int]:
         out.append((values, score))
         print(f"  grid {i + 1:3d}: R2 {score:.4f}", flush=True)
     return out, epochs
+
+
+def cached_grid(path: Path | None, key: dict, cfg, data) -> tuple[list[tuple[dict, float]], int, float]:
+    """`run_grid`'s result, read from `path` when it was made with the same `key`, else run and kept."""
+    if path is not None and path.exists():
+        kept = json.loads(path.read_text())
+        if kept.get("key") == key:
+            return [(v, float(s)) for v, s in kept["grid"]], int(kept["epochs"]), float(kept["seconds"])
+    t0 = time.perf_counter()
+    grid, epochs = run_grid(cfg, data)
+    seconds = time.perf_counter() - t0
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"key": key, "grid": grid, "epochs": epochs, "seconds": seconds}))
+    return grid, epochs, seconds
 
 
 def run_study(cfg, data, worker: int) -> tuple[list[tuple[int, float | None]], dict]:
@@ -164,6 +185,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sample", type=int, default=8, help="configurations trained at full scale (0: skip)")
     ap.add_argument("--full-rows", type=int, default=20000, help="train cells of a full-training run")
     ap.add_argument("--full-epochs", type=int, default=20, help="epochs of a full-training run")
+    ap.add_argument("--pruner", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="override keys of params.yaml tune_forward.pruner (e.g. kind=halving min_epochs=1)")
+    ap.add_argument("--grid-cache", type=Path, default=None, help="JSON file keeping the grid's scores")
     args = ap.parse_args(argv)
     if args.seeds < 1 or args.trials < 1:
         ap.error("--seeds and --trials must be >= 1")
@@ -171,8 +195,18 @@ def main(argv=None) -> int:
     from deepdram.learn.backend import use
     from deepdram.params import load
 
+    import yaml
+
+    from deepdram.params import Pruner
+
     params = load()
     use(params.keras.backend)  # the tuning stage's backend
+    try:
+        overrides = dict(kv.split("=", 1) for kv in args.pruner)
+        pruner = Pruner(**{**params.tune_forward.pruner.model_dump(),
+                           **{k: yaml.safe_load(v) for k, v in overrides.items()}}).model_dump()
+    except ValueError as exc:  # a pydantic ValidationError is a ValueError
+        ap.error(f"--pruner: {exc}")
     from deepdram.mlops import tracking
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,15 +214,15 @@ def main(argv=None) -> int:
         tracking.reset()
         tracking.configure()
         data = train_data(args.rows)
-        pruner = params.tune_forward.pruner.model_dump()
         grid_cfg = tune_config(args.rows, args.epochs, args.trials, Path(tmp), pruner)
         n_grid = int(np.prod([len(v) for v in SPACE.values()]))
         print(f"space: {n_grid} configurations; {len(data[''][0])} rows, 3 folds, {args.epochs} epochs; "
-              f"backend {params.keras.backend}", flush=True)
-        t0 = time.perf_counter()
-        grid, grid_epochs = run_grid(grid_cfg, data)
+              f"backend {params.keras.backend}; pruner {pruner}", flush=True)
+        key = {"rows": args.rows, "epochs": args.epochs, "backend": params.keras.backend}
+        grid, grid_epochs, seconds = cached_grid(args.grid_cache, key, grid_cfg, data)
         best_values, best = max(grid, key=lambda g: g[1])
-        print(f"grid: best CV R2 {best:.4f} ({grid_epochs} epochs, {time.perf_counter() - t0:.0f} s) at {best_values}")
+        print(f"grid: best CV R2 {best:.4f} ({grid_epochs} epochs, {seconds:.0f} s) at {best_values}; "
+              f"{sum(s >= best - args.tol for _, s in grid)} configurations within {args.tol} of it")
         target = best - args.tol
         shares, overheads = [], []
         for s in range(args.seeds):

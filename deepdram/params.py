@@ -165,8 +165,19 @@ class Fit(Section):
 
 
 class Pruner(Section):
+    """How a study stops weak trials early (the step is the epoch over the folds: fold * epochs + epoch).
+
+    kind median: Optuna's median pruner (a trial below the median of earlier trials at the same step
+    stops) after `startup_trials` trials and `warmup_epochs` steps; kind halving: asynchronous
+    successive halving (a trial goes on past the rung at step min_epochs * reduction_factor**k only if
+    it is in the best 1 / reduction_factor of the trials that reached that rung). `startup_trials` is
+    also the TPE sampler's number of random start-up trials."""
+
+    kind: Literal["median", "halving"] = "median"
     startup_trials: Count = 5
     warmup_epochs: Count = 2
+    min_epochs: PositiveInt = 1
+    reduction_factor: Annotated[int, Field(ge=2)] = 3
 
 
 class Heartbeat(Section):

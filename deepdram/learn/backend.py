@@ -34,3 +34,29 @@ def use(name: str) -> str:
         # float32 weights and inputs either way, so training runs at the same speed.
         os.environ["JAX_ENABLE_X64"] = "1"
     return name
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and Keras as `keras.utils.set_random_seed` does, without importing TensorFlow
+    on another backend."""
+    import keras
+
+    if not isinstance(seed, int):
+        raise InputError(f"a random seed must be an integer; got {seed!r}")
+    if keras.backend.backend() == "tensorflow" or "tensorflow" in sys.modules:
+        keras.utils.set_random_seed(seed)
+        return
+    # keras.utils.set_random_seed imports TensorFlow whenever it is installed, only to seed it: on
+    # JAX that costs every training process seconds and a second framework's memory, for nothing
+    # (Keras' JAX trainer shuffles with NumPy). The rest of what it does, in the same order:
+    import random
+
+    import numpy as np
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+    from keras.src.utils import rng_utils
+
+    global_state.set_global_attribute(rng_utils.GLOBAL_RANDOM_SEED, seed)
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    random.seed(seed)
+    np.random.seed(seed)

@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from deepdram.learn.backend import set_seed
+
 _TUNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -96,7 +98,7 @@ class FineTuner:
         import keras
 
         step = self._step_fn()
-        keras.utils.set_random_seed(seed)
+        set_seed(seed)
         rng = np.random.default_rng(seed)
         steps = 0
         for _ in range(epochs):
@@ -112,7 +114,7 @@ class FineTuner:
     def _fit(self, x, y, w, epochs, seed, time_left) -> int:
         import keras
 
-        keras.utils.set_random_seed(seed)
+        set_seed(seed)
         if self.optimizer is None:
             wt = keras.ops.convert_to_tensor(w)
 

@@ -57,6 +57,7 @@ import numpy as np
 from keras import ops
 
 from deepdram.errors import InputError
+from deepdram.learn.backend import set_seed
 from deepdram.learn.configs import (  # noqa: F401  (re-exported: the configs travel with the models)
     ACTIVATIONS,
     FEATURES,
@@ -273,7 +274,7 @@ def train_regressor(x_tr, y_tr, x_va=None, y_va=None, cfg: RegressorConfig | Non
     n_out = space.n_properties
     x_tr, y_tr, x_va, y_va, has_val = _check_splits(x_tr, y_tr, x_va, y_va, None, n_out)
     n_in = x_tr.shape[1]
-    keras.utils.set_random_seed(cfg.seed)
+    set_seed(cfg.seed)
     xs, xo = feature_scaling(space, n_in, cfg.scaling)
     ys, yo = minmax_scaling(y_tr) if cfg.scaling == "minmax" else (np.ones(n_out), np.zeros(n_out))
     # Output bias starts at the mean scaled target: with the paper's ReLU output a zero bias lets
@@ -474,7 +475,7 @@ def train_cvae(x_tr, y_tr, x_va, y_va, forward_model, cfg: CVAEConfig | None = N
         forward_model = load_model(forward_model, space)
     fwd_x, fwd_unscale = scalers_of(forward_model)
     x_tr, y_tr, x_va, y_va, has_val = _check_splits(x_tr, y_tr, x_va, y_va, fwd_x.units, fwd_unscale.units)
-    keras.utils.set_random_seed(cfg.seed)
+    set_seed(cfg.seed)
     parts = build_cvae(cfg, forward_model)
     _, unscale = scalers_of(forward_model)
     ps, po = 1.0 / unscale.scale_values, -unscale.offset_values / unscale.scale_values

@@ -48,6 +48,7 @@ TRAIN_ON_JAX = textwrap.dedent("""
     fwd_cfg = RegressorConfig.forward_paper(epochs=2, batch_size=64, learning_rate=0.002,
                                             symmetrize="all")
     fwd, _ = M.train_regressor(d[:500], y[:500], d[500:], y[500:], fwd_cfg, space=space)
+    tf_in_training = "tensorflow" in sys.modules  # Keras' saving imports it (serialization_lib)
     M.save_model(fwd, out / "forward.keras")
 
     rng = np.random.default_rng(0)
@@ -78,7 +79,8 @@ TRAIN_ON_JAX = textwrap.dedent("""
     np.savez(out / "jax.npz", d=d, xs=xs, g_in=g_in, t=t, fwd=M.predict(fwd, d), sa=M.predict(sa, xs),
              gen=M.predict(cvae.generator, g_in), values=values, grad=grad)
     (out / "jax.json").write_text(json.dumps({"backend": keras.backend.backend(), "float64": f64,
-                                              "homogenization_error": h_err}))
+                                              "homogenization_error": h_err,
+                                              "tensorflow_in_training": tf_in_training}))
 """)
 
 
@@ -98,6 +100,52 @@ def test_jax_process_runs_jax_in_float64(jax_trained):
     assert info["float64"] == "float64"
     # the same bound as the TensorFlow layer's test (measured: JAX 6.6e-6, TensorFlow 8.1e-6)
     assert info["homogenization_error"] < 1e-4
+    # training on JAX (what every tuning trial does) never loads TensorFlow: seconds per process
+    assert info["tensorflow_in_training"] is False
+
+
+# Runs under JAX: seeds by `how` (ours or Keras' own) and prints what every seeded generator draws.
+SEED_AND_DRAW = textwrap.dedent("""
+    import json, random, sys
+
+    from deepdram.learn.backend import set_seed, use
+
+    use("jax")
+    import keras
+    import numpy as np
+    from keras.src.utils import rng_utils
+
+    seed = set_seed if sys.argv[1] == "ours" else keras.utils.set_random_seed
+    draws = []
+    for s in (7, 7, 11):
+        seed(s)
+        draws.append([random.random(), float(np.random.rand()), keras.random.normal((3,)).tolist(),
+                      rng_utils.get_random_seed()])
+    layer = keras.layers.Dense(2)
+    seed(5)
+    layer.build((None, 3))
+    print(json.dumps({"draws": draws, "kernel": np.asarray(layer.kernel).tolist(),
+                      "tensorflow_imported": "tensorflow" in sys.modules}))
+""")
+
+
+def test_set_seed_draws_as_keras_does_without_tensorflow():
+    """On JAX, backend.set_seed gives every generator (Python, NumPy, Keras' global seed generator,
+    so weight initialisers) exactly the draws of keras.utils.set_random_seed, which imports TensorFlow."""
+    got = {}
+    for how in ("ours", "keras"):
+        proc = subprocess.run([sys.executable, "-c", SEED_AND_DRAW, how], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        got[how] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["ours"]["draws"] == got["keras"]["draws"]
+    assert got["ours"]["kernel"] == got["keras"]["kernel"]
+    first, again, other = got["ours"]["draws"]
+    assert first == again and first[:3] != other[:3]  # a reseed repeats; another seed differs
+    assert got["keras"]["tensorflow_imported"] is True  # the cost set_seed avoids (TF is installed)
+    assert got["ours"]["tensorflow_imported"] is False
+    with pytest.raises(InputError, match="a random seed must be an integer; got 1.5"):
+        backend.set_seed(1.5)
 
 
 @pytest.mark.parametrize("name,inputs", [("forward", "d"), ("size_agnostic", "xs"), ("generator", "g_in")])

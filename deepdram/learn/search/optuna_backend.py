@@ -1,5 +1,6 @@
-"""The Optuna backend: TPE (constant liar, so parallel workers spread out) with a median pruner fed
-by the per-epoch validation score of every fold; persistent storage (sqlite or PostgreSQL)."""
+"""The Optuna backend: TPE (constant liar, so parallel workers spread out) with a median or
+successive-halving pruner fed by the per-epoch validation score of every fold; persistent storage
+(sqlite or PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -70,16 +71,30 @@ def _distributions(space: Mapping) -> dict:
     return out
 
 
+def make_pruner(spec: Mapping):
+    """The study's pruner from `tune_<model>.pruner` (kind median or halving; see params.Pruner)."""
+    import optuna
+
+    kind = spec.get("kind", "median")
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=int(spec.get("startup_trials", 5)),
+                                           n_warmup_steps=int(spec.get("warmup_epochs", 2)))
+    if kind == "halving":
+        # the rung steps are 0-based like the reported steps: min_epochs 1 first compares after epoch 2
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=int(spec.get("min_epochs", 1)),
+                                                      reduction_factor=int(spec.get("reduction_factor", 3)))
+    raise ValueError(f"pruner kind must be median or halving; got {kind!r}")
+
+
 def open_study(cfg: TuneConfig, worker: int = 0):
-    """Create or load the study (TPE + median pruner); enqueue the paper's configuration first."""
+    """Create or load the study (TPE + the configured pruner); enqueue the paper's configuration first."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     sampler = optuna.samplers.TPESampler(seed=cfg.seed + 7919 * worker, constant_liar=True,
                                          n_startup_trials=int(cfg.pruner.get("startup_trials", 5)))
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=int(cfg.pruner.get("startup_trials", 5)),
-                                         n_warmup_steps=int(cfg.pruner.get("warmup_epochs", 2)))
+    pruner = make_pruner(cfg.pruner)
     study = optuna.create_study(study_name=cfg.study_name, storage=_storage(cfg), sampler=sampler, pruner=pruner,
                                 direction=cfg.direction, load_if_exists=True)
     if cfg.paper and not study.get_trials(deepcopy=False):

@@ -4,8 +4,9 @@ The paper tuned with scikit-learn grid search and 3-fold cross-validation ("pipe
 data options and model hyperparameters searched together; supplementary Section 2, Tables 5, 7,
 11). Here the same spaces, declared in params.yaml (`tune_<model>.space`), are searched by
 
-* ``optuna``: TPE sampler (constant liar, so parallel workers spread out) and a median pruner fed
-  by the per-epoch validation score of every fold (step = fold * epochs + epoch);
+* ``optuna``: TPE sampler (constant liar, so parallel workers spread out) and a successive-halving
+  or median pruner (`params.Pruner`) fed by the per-epoch validation score of every fold
+  (step = fold * epochs + epoch);
 * ``keras_tuner``: Bayesian optimisation (a `keras_tuner.Tuner` whose `run_trial` is the same
   cross-validation objective).
 

@@ -85,6 +85,49 @@ def test_kfold_partitions_rows():
         objective.kfold(2, 3, 0)
 
 
+def test_halving_pruner_keeps_the_best_third_at_each_rung():
+    """kind halving: with min_epochs 1 and reduction factor 3 a trial is compared at steps 1, 3 and
+    9 with the trials that reached the same step, and goes on only in their best third (the first
+    trials: only as the best so far); computed here by hand from the rule."""
+    import optuna
+
+    from deepdram.learn.search.optuna_backend import make_pruner
+
+    spec = P.Pruner(kind="halving", min_epochs=1, reduction_factor=3).model_dump()
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(spec),
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    # each trial's score is constant over its steps; 15 steps (3 folds x 5 epochs)
+    scores = [0.5, 0.7, 0.6, 0.9, 0.2, 0.8, 0.85, 0.1, 0.95]
+    stopped = {}
+
+    def run(trial):
+        s = scores[trial.number]
+        for step in range(15):
+            trial.report(s, step)
+            if trial.should_prune():
+                stopped[trial.number] = step
+                raise optuna.TrialPruned()
+        return s
+
+    study.optimize(run, n_trials=len(scores))
+    # the rule by hand: at a rung, with c competitors (this trial included), go on only if among the
+    # best max(c // 3, 1); competitors are the trials that reached that rung before
+    reached = {1: [], 3: [], 9: []}
+    expect = {}
+    for n, s in enumerate(scores):
+        for rung in (1, 3, 9):
+            reached[rung].append(s)
+            keep = max(len(reached[rung]) // 3, 1)
+            if s < sorted(reached[rung], reverse=True)[keep - 1]:
+                expect[n] = rung
+                break
+    assert stopped == expect
+    assert stopped and set(stopped.values()) <= {1, 3, 9}
+    with pytest.raises(ValueError, match="kind"):
+        P.Pruner(kind="hyperband")
+    assert isinstance(make_pruner(P.Pruner().model_dump()), optuna.pruners.MedianPruner)
+
+
 def test_search_values_map_to_model_configs():
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     cvae = _config(params, "cvae")
