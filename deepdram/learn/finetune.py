@@ -95,8 +95,6 @@ class FineTuner:
         return self._step
 
     def _traced(self, x, y, w, epochs, seed, time_left) -> int:
-        import keras
-
         step = self._step_fn()
         set_seed(seed)
         rng = np.random.default_rng(seed)
