@@ -21,7 +21,7 @@ ranking holds at full scale.
 
 `--pruner` overrides keys of params.yaml's `tune_forward.pruner` (checked by the params schema), to
 compare settings; `--grid-cache` keeps the grid's scores in a JSON file and reuses them when the
-settings that produced them (rows, epochs, backend) match.
+settings that produced them (rows, epochs, backend, space) match.
 """
 
 from __future__ import annotations
@@ -192,19 +192,19 @@ def main(argv=None) -> int:
     if args.seeds < 1 or args.trials < 1:
         ap.error("--seeds and --trials must be >= 1")
 
-    from deepdram.learn.backend import use
-    from deepdram.params import load
-
     import yaml
 
-    from deepdram.params import Pruner
+    from deepdram.learn.backend import use
+    from deepdram.params import Pruner, load
 
     params = load()
     use(params.keras.backend)  # the tuning stage's backend
+    bad = [kv for kv in args.pruner if "=" not in kv]
+    if bad:
+        ap.error(f"--pruner takes KEY=VALUE items; got {bad}")
     try:
-        overrides = dict(kv.split("=", 1) for kv in args.pruner)
-        pruner = Pruner(**{**params.tune_forward.pruner.model_dump(),
-                           **{k: yaml.safe_load(v) for k, v in overrides.items()}}).model_dump()
+        overrides = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.pruner)}
+        pruner = Pruner(**{**params.tune_forward.pruner.model_dump(), **overrides}).model_dump()
     except ValueError as exc:  # a pydantic ValidationError is a ValueError
         ap.error(f"--pruner: {exc}")
     from deepdram.mlops import tracking
@@ -218,7 +218,8 @@ def main(argv=None) -> int:
         n_grid = int(np.prod([len(v) for v in SPACE.values()]))
         print(f"space: {n_grid} configurations; {len(data[''][0])} rows, 3 folds, {args.epochs} epochs; "
               f"backend {params.keras.backend}; pruner {pruner}", flush=True)
-        key = {"rows": args.rows, "epochs": args.epochs, "backend": params.keras.backend}
+        key = {"rows": args.rows, "epochs": args.epochs, "backend": params.keras.backend, "space": SPACE,
+               "fixed": FIXED}
         grid, grid_epochs, seconds = cached_grid(args.grid_cache, key, grid_cfg, data)
         best_values, best = max(grid, key=lambda g: g[1])
         print(f"grid: best CV R2 {best:.4f} ({grid_epochs} epochs, {seconds:.0f} s) at {best_values}; "

@@ -19,6 +19,8 @@ SCORE = {"forward": "r2", "size_agnostic": "r2", "cvae": "gen_r2"}
 SCORES = {"forward": ("r2",), "size_agnostic": ("r2",), "cvae": ("gen_r2", "loss")}
 DIRECTIONS = {"r2": "maximize", "gen_r2": "maximize", "loss": "minimize"}
 FIT_KEYS = ("epochs", "batch_size", "learning_rate")
+# What a study's `pruner` mapping leaves out: the defaults of the params schema's Pruner
+PRUNER_DEFAULTS = {"kind": "median", "startup_trials": 5, "warmup_epochs": 2, "min_epochs": 1, "reduction_factor": 3}
 # Search keys that are not config fields: data options and the CVAE's width-list recipe.
 DATA_KEYS = ("resampling",)
 CVAE_RECIPE = ("encoder_layers", "encoder_first_width", "encoder_shape",
@@ -43,7 +45,7 @@ class TuneConfig:
     fit: dict = field(default_factory=lambda: {"epochs": 8, "batch_size": 128, "learning_rate": 1e-3})
     space: dict = field(default_factory=dict)
     paper: dict = field(default_factory=dict)
-    pruner: dict = field(default_factory=lambda: {"startup_trials": 5, "warmup_epochs": 2})
+    pruner: dict = field(default_factory=lambda: dict(PRUNER_DEFAULTS))
     heartbeat: dict = field(default_factory=lambda: {"interval": 10, "grace": 30})
     data: dict = field(default_factory=dict)
     fixed: dict = field(default_factory=dict)  # config fields every trial uses (e.g. features)

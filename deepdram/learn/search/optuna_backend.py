@@ -8,7 +8,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 
-from deepdram.learn.search.config import TuneConfig
+from deepdram.learn.search.config import PRUNER_DEFAULTS, TuneConfig
 from deepdram.learn.search.trials import Objective
 
 
@@ -75,15 +75,15 @@ def make_pruner(spec: Mapping):
     """The study's pruner from `tune_<model>.pruner` (kind median or halving; see params.Pruner)."""
     import optuna
 
-    kind = spec.get("kind", "median")
-    if kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=int(spec.get("startup_trials", 5)),
-                                           n_warmup_steps=int(spec.get("warmup_epochs", 2)))
-    if kind == "halving":
+    spec = {**PRUNER_DEFAULTS, **spec}
+    if spec["kind"] == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=int(spec["startup_trials"]),
+                                           n_warmup_steps=int(spec["warmup_epochs"]))
+    if spec["kind"] == "halving":
         # the rung steps are 0-based like the reported steps: min_epochs 1 first compares after epoch 2
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=int(spec.get("min_epochs", 1)),
-                                                      reduction_factor=int(spec.get("reduction_factor", 3)))
-    raise ValueError(f"pruner kind must be median or halving; got {kind!r}")
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=int(spec["min_epochs"]),
+                                                      reduction_factor=int(spec["reduction_factor"]))
+    raise ValueError(f"pruner kind must be median or halving; got {spec['kind']!r}")
 
 
 def open_study(cfg: TuneConfig, worker: int = 0):
@@ -92,11 +92,11 @@ def open_study(cfg: TuneConfig, worker: int = 0):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    spec = {**PRUNER_DEFAULTS, **cfg.pruner}
     sampler = optuna.samplers.TPESampler(seed=cfg.seed + 7919 * worker, constant_liar=True,
-                                         n_startup_trials=int(cfg.pruner.get("startup_trials", 5)))
-    pruner = make_pruner(cfg.pruner)
-    study = optuna.create_study(study_name=cfg.study_name, storage=_storage(cfg), sampler=sampler, pruner=pruner,
-                                direction=cfg.direction, load_if_exists=True)
+                                         n_startup_trials=int(spec["startup_trials"]))
+    study = optuna.create_study(study_name=cfg.study_name, storage=_storage(cfg), sampler=sampler,
+                                pruner=make_pruner(spec), direction=cfg.direction, load_if_exists=True)
     if cfg.paper and not study.get_trials(deepcopy=False):
         study.enqueue_trial(cfg.paper, skip_if_exists=True)
     return study

@@ -126,6 +126,17 @@ def test_halving_pruner_keeps_the_best_third_at_each_rung():
     with pytest.raises(ValueError, match="kind"):
         P.Pruner(kind="hyperband")
     assert isinstance(make_pruner(P.Pruner().model_dump()), optuna.pruners.MedianPruner)
+    with pytest.raises(ValueError, match="pruner kind must be median or halving; got 'hyperband'"):
+        make_pruner({"kind": "hyperband"})
+
+
+def test_library_pruner_defaults_are_the_schemas():
+    """A pruner mapping that leaves keys out (tests, benchmarks, a TuneConfig built by hand) gets the
+    params schema's defaults: the library keeps no other values."""
+    from deepdram.learn.search.config import PRUNER_DEFAULTS, TuneConfig
+
+    assert PRUNER_DEFAULTS == P.Pruner().model_dump()
+    assert TuneConfig(model="forward").pruner == P.Pruner().model_dump()
 
 
 def test_search_values_map_to_model_configs():
