@@ -150,12 +150,26 @@ class Sampling(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="deepdram")
 class KLDivergence(keras.layers.Layer):
-    """Per-sample KL(N(mean, exp(log_var)) || N(0, I)), summed over the latent dimensions: (N, 1)."""
+    """Per-sample KL(N(mean, exp(log_var)) || N(0, I)), summed over the latent dimensions: (N, 1).
+
+    `free_bits` > 0: each dimension's term counts as at least that many nats ("free bits",
+    Kingma et al. 2016), so the KL term stops pulling a dimension once it carries that little."""
+
+    def __init__(self, free_bits: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        if not float(free_bits) >= 0:
+            raise InputError(f"free_bits must be >= 0 nats; got {free_bits!r}")
+        self.free_bits = float(free_bits)
 
     def call(self, inputs):
         mean, log_var = inputs
         kl = -0.5 * (1.0 + log_var - ops.square(mean) - ops.exp(log_var))
+        if self.free_bits > 0:
+            kl = ops.maximum(kl, self.free_bits)
         return ops.sum(kl, axis=-1, keepdims=True)
+
+    def get_config(self):
+        return {**super().get_config(), "free_bits": self.free_bits}
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0][0], 1)

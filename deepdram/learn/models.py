@@ -20,7 +20,8 @@ Models and their layouts (the lattice space's names)
   z_log_var), reparameterised sample, reconstruction network (z + scaled properties -> logits
   -> sigmoid). The properties are scaled by the forward model's own target scaler.
   Trained with  L = BCE (summed over the design variables) + beta_kl * KL(q(z|x,y) || N(0, I))
-  + weight_mse * MSE(y_scaled, frozen forward core(reconstructed probabilities)).
+  + weight_mse * MSE(y_scaled, frozen forward core(reconstructed probabilities)); with
+  `kl_free_bits` > 0 each latent dimension's KL counts as at least that many nats (free bits).
   Exported pieces: `generator` ((N, n_properties + latent_dim) = physical properties followed by
   standard-normal latent values -> (N, n_variables) probabilities) and `encoder` (design followed
   by physical properties -> (N, latent_dim) z_mean, for the t-SNE plot).
@@ -437,7 +438,7 @@ def build_cvae(cfg: CVAEConfig, forward_model) -> CVAEParts:
     pred = fwd_core(fwd_x(probs))
     outputs = {
         "recon": keras.layers.Identity(name="recon")(t_logits),
-        "kl": KLDivergence(name="kl")([m, lv]),
+        "kl": KLDivergence(cfg.kl_free_bits, name="kl")([m, lv]),
         "mse": keras.layers.Identity(name="mse")(pred),
     }
     cvae = keras.Model([t_bits, t_cond], outputs, name="cvae")
@@ -467,7 +468,7 @@ def train_cvae(x_tr, y_tr, x_va, y_va, forward_model, cfg: CVAEConfig | None = N
 
     history: per-epoch "loss" (total = recon + beta_kl * kl + weight_mse * mse), and the
     UNWEIGHTED terms "recon_loss" (BCE summed over the 42 bits), "kl_loss" (KL summed over the
-    latent dimensions), "mse_loss" (mean over the 4 scaled properties); "val_*" likewise when a
+    latent dimensions, each at least cfg.kl_free_bits), "mse_loss" (mean over the 4 scaled properties); "val_*" likewise when a
     validation split is given. Callbacks see the training model.
     """
     cfg = cfg or CVAEConfig()

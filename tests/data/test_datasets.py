@@ -174,3 +174,81 @@ def test_one_and_two_dask_workers_give_identical_bytes(tmp_path):
     design = row[[f"b{k:02d}" for k in range(42)]].to_numpy(np.uint8)
     np.testing.assert_allclose(row[["E11", "E22", "nu12", "nu21"]].to_numpy(float),
                                tiling_properties(design, int(row.d1), int(row.d2)), rtol=1e-12)
+
+
+def _worker_kernels() -> dict:
+    """What a worker process loaded: its OpenBLAS kernels (NumPy's and SciPy's) and NumPy's AVX-512 loops."""
+    import os
+
+    import numpy as np
+    import scipy.linalg  # noqa: F401  (loads SciPy's own OpenBLAS)
+    from numpy._core._multiarray_umath import __cpu_features__ as cpu
+    from threadpoolctl import threadpool_info
+
+    return {"openblas": sorted({i.get("architecture") for i in threadpool_info() if i["internal_api"] == "openblas"}),
+            "avx512f": bool(cpu.get("AVX512F")), "coretype": os.environ.get("OPENBLAS_CORETYPE"),
+            "numpy": np.__version__}
+
+
+def test_local_cluster_workers_load_the_pinned_kernels(monkeypatch):
+    """The project's LocalCluster workers run OpenBLAS's Haswell kernels and NumPy without its
+    AVX-512 loops whatever the x86-64 CPU, so the FE datasets match across CPU kinds; the parent's
+    environment is left as it was."""
+    import os
+    import platform
+
+    from deepdram.data.shards import PINNED_KERNELS, dask_client, pinned_kernels_env
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        assert pinned_kernels_env() == {}
+        return
+    for key in PINNED_KERNELS:
+        monkeypatch.delenv(key, raising=False)
+    with dask_client(P.Dask(n_workers=2)) as client:
+        seen = client.run(_worker_kernels)
+    assert not set(PINNED_KERNELS) & set(os.environ)
+    assert len(seen) == 2
+    for info in seen.values():
+        assert info["coretype"] == "Haswell"
+        assert info["openblas"] == ["Haswell"], info
+        assert info["avx512f"] is False
+
+
+def test_an_explicit_kernel_choice_of_the_user_wins(monkeypatch):
+    """A user's own OPENBLAS_CORETYPE reaches the workers unchanged."""
+    import platform
+
+    from deepdram.data.shards import dask_client
+
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Sandybridge")
+    with dask_client(P.Dask(n_workers=1)) as client:
+        (info,) = client.run(_worker_kernels).values()
+    assert info["coretype"] == "Sandybridge"
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert info["openblas"] == ["Sandybridge"], info
+
+
+def test_in_sorted_matches_numpy_isin():
+    """The evaluate stage's exclusion of known designs answers as np.isin does, edges included."""
+    rng = np.random.default_rng(0)
+    known = np.unique(rng.integers(0, 2**63, 5000, dtype=np.uint64))
+    keys = np.concatenate([rng.choice(known, 300), rng.integers(0, 2**63, 700, dtype=np.uint64),
+                           known[[0, -1]], np.array([0, 2**64 - 1], np.uint64)])
+    np.testing.assert_array_equal(datasets.in_sorted(keys, known), np.isin(keys, known))
+    assert datasets.in_sorted(keys, known).sum() >= 302
+    assert not datasets.in_sorted(keys, np.zeros(0, np.uint64)).any()
+
+
+def test_fresh_designs_are_valid_new_and_seeded():
+    """Fresh designs have their Z_g, are valid, distinct, absent from the excluded keys, and repeat per seed."""
+    from deepdram.spaces.lattice.geometry import to_keys
+
+    first, zg = datasets.fresh_designs([2.5, 4.0], 200, seed=3, exclude=np.zeros(0, np.uint64))
+    exclude = np.unique(to_keys(first[::2]))  # half of them become "known"
+    d, zg = datasets.fresh_designs([2.5, 4.0], 200, seed=3, exclude=exclude)
+    assert d.shape == (400, 42) and np.array_equal(np.unique(zg), [2.5, 4.0])
+    np.testing.assert_array_equal(d.sum(axis=1), 8 * zg)
+    assert lattice.is_valid(d).all()
+    k = to_keys(d)
+    assert len(np.unique(k)) == 400 and not np.isin(k, exclude).any()
+    np.testing.assert_array_equal(d, datasets.fresh_designs([2.5, 4.0], 200, seed=3, exclude=exclude)[0])

@@ -391,3 +391,37 @@ def test_designs_from_probabilities():
     assert a.dtype == np.uint8 and abs(a.mean() - 0.3) < 0.01
     with pytest.raises(InputError):
         M.designs_from_probabilities(big, "argmax")
+
+
+def test_kl_free_bits_floor_each_dimension_and_stop_its_gradient():
+    """KL(N(m, e^lv) || N(0, 1)) per dimension is (m^2 + e^lv - 1 - lv) / 2; with free bits each
+    dimension counts as at least that many nats and, below it, pulls its mean and variance no more."""
+    from deepdram.learn.layers import KLDivergence
+
+    mean = np.array([[0.0, 2.0, 0.5], [1.0, 0.0, 0.0]], np.float32)
+    log_var = np.array([[0.0, 0.0, np.log(2.0)], [0.0, -1.0, 0.0]], np.float32)
+    exact = 0.5 * (mean**2 + np.exp(log_var) - 1 - log_var)  # [[0, 2, .318], [.5, .184, 0]]
+    got = keras.ops.convert_to_numpy(KLDivergence()([mean, log_var]))
+    np.testing.assert_allclose(got[:, 0], exact.sum(axis=1), rtol=1e-6)
+    got = keras.ops.convert_to_numpy(KLDivergence(free_bits=0.4)([mean, log_var]))
+    np.testing.assert_allclose(got[:, 0], np.maximum(exact, 0.4).sum(axis=1), rtol=1e-6)
+    assert KLDivergence(free_bits=0.4).get_config()["free_bits"] == 0.4
+    with pytest.raises(InputError, match="free_bits"):
+        KLDivergence(free_bits=-1.0)
+    with pytest.raises(InputError, match="kl_free_bits"):
+        M.CVAEConfig(kl_free_bits=-0.5)
+
+    layer = KLDivergence(free_bits=0.4)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        grad = np.asarray(jax.grad(lambda m: layer([m, log_var]).sum())(mean))
+    else:
+        import tensorflow as tf
+
+        m = tf.Variable(mean)
+        with tf.GradientTape() as tape:
+            out = tf.reduce_sum(layer([m, log_var]))
+        grad = tape.gradient(out, m).numpy()
+    # d KL / d m = m where a dimension is above its floor, 0 where the floor holds it
+    np.testing.assert_allclose(grad, np.where(exact > 0.4, mean, 0.0), atol=1e-6)
