@@ -468,8 +468,8 @@ def train_cvae(x_tr, y_tr, x_va, y_va, forward_model, cfg: CVAEConfig | None = N
 
     history: per-epoch "loss" (total = recon + beta_kl * kl + weight_mse * mse), and the
     UNWEIGHTED terms "recon_loss" (BCE summed over the 42 bits), "kl_loss" (KL summed over the
-    latent dimensions, each at least cfg.kl_free_bits), "mse_loss" (mean over the 4 scaled properties); "val_*" likewise when a
-    validation split is given. Callbacks see the training model.
+    latent dimensions, each at least cfg.kl_free_bits), "mse_loss" (mean over the 4 scaled
+    properties); "val_*" likewise when a validation split is given. Callbacks see the training model.
     """
     cfg = cfg or CVAEConfig()
     if isinstance(forward_model, (str, Path)):
