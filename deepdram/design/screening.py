@@ -73,11 +73,10 @@ class PredictionCache:
 
     def find(self, keys: np.ndarray) -> np.ndarray:
         """Row of each key (-1 where the design is not cached)."""
-        keys = np.asarray(keys, np.uint64)
-        if not len(self.keys):
-            return np.full(len(keys), -1, np.int64)
-        pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-        return np.where(self.keys[pos] == keys, self.rows[pos], -1)
+        from deepdram.data.datasets import sorted_index
+
+        at = sorted_index(self.keys, np.asarray(keys, np.uint64))
+        return np.where(at >= 0, self.rows[at], -1) if len(self.keys) else at
 
     def add(self, keys: np.ndarray, valid: np.ndarray, pred: np.ndarray) -> np.ndarray:
         """Rows of new designs (keys not cached, distinct; call `reserve` first)."""

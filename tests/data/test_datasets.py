@@ -180,7 +180,6 @@ def _worker_kernels() -> dict:
     """What a worker process loaded: its OpenBLAS kernels (NumPy's and SciPy's) and NumPy's AVX-512 loops."""
     import os
 
-    import numpy as np
     import scipy.linalg  # noqa: F401  (loads SciPy's own OpenBLAS)
     from numpy._core._multiarray_umath import __cpu_features__ as cpu
     from threadpoolctl import threadpool_info
@@ -188,8 +187,7 @@ def _worker_kernels() -> dict:
     return {"openblas": sorted({i.get("architecture") for i in threadpool_info() if i["internal_api"] == "openblas"}),
             # NumPy dispatches its loops by these targets; a disabled one reads False here
             "avx512_loops": [t for t in ("X86_V4", "AVX512_ICL", "AVX512_SPR") if cpu.get(t)],
-            "coretype": os.environ.get("OPENBLAS_CORETYPE"),
-            "numpy": np.__version__}
+            "coretype": os.environ.get("OPENBLAS_CORETYPE")}
 
 
 def test_local_cluster_workers_load_the_pinned_kernels(monkeypatch):
@@ -230,15 +228,20 @@ def test_an_explicit_kernel_choice_of_the_user_wins(monkeypatch):
         assert info["openblas"] == ["Sandybridge"], info
 
 
-def test_in_sorted_matches_numpy_isin():
-    """The evaluate stage's exclusion of known designs answers as np.isin does, edges included."""
+def test_sorted_index_finds_what_numpy_isin_finds():
+    """The key lookup of `evaluate`'s fresh set and the design cache: a key's index in the sorted
+    keys where np.isin finds it, -1 where it does not, edges and an empty table included."""
+    from deepdram.data.datasets import sorted_index
+
     rng = np.random.default_rng(0)
     known = np.unique(rng.integers(0, 2**63, 5000, dtype=np.uint64))
     keys = np.concatenate([rng.choice(known, 300), rng.integers(0, 2**63, 700, dtype=np.uint64),
                            known[[0, -1]], np.array([0, 2**64 - 1], np.uint64)])
-    np.testing.assert_array_equal(datasets.in_sorted(keys, known), np.isin(keys, known))
-    assert datasets.in_sorted(keys, known).sum() >= 302
-    assert not datasets.in_sorted(keys, np.zeros(0, np.uint64)).any()
+    at = sorted_index(known, keys)
+    np.testing.assert_array_equal(at >= 0, np.isin(keys, known))
+    np.testing.assert_array_equal(known[at[at >= 0]], keys[at >= 0])
+    assert (at >= 0).sum() >= 302
+    assert (sorted_index(np.zeros(0, np.uint64), keys) == -1).all()
 
 
 def test_fresh_designs_are_valid_new_and_seeded():

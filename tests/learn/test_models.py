@@ -395,7 +395,7 @@ def test_designs_from_probabilities():
 
 def test_kl_free_bits_floor_each_dimension_and_stop_its_gradient():
     """KL(N(m, e^lv) || N(0, 1)) per dimension is (m^2 + e^lv - 1 - lv) / 2; with free bits each
-    dimension counts as at least that many nats and, below it, pulls its mean and variance no more."""
+    dimension counts as at least that many nats and, below it, pulls its mean no more."""
     from deepdram.learn.layers import KLDivergence
 
     mean = np.array([[0.0, 2.0, 0.5], [1.0, 0.0, 0.0]], np.float32)

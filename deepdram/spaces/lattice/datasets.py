@@ -305,17 +305,9 @@ def dataset_keys(path: Path) -> np.ndarray:
     return np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.uint64)
 
 
-def in_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
-    """Whether each key occurs in `sorted_keys` (sorted ascending): np.isin by binary search."""
-    # np.isin sorts both arrays on every call: against the 6 M keys of cells.parquet that cost the
-    # evaluate stage 57 s of its 169 s (measured); a binary search costs milliseconds.
-    pos = np.searchsorted(sorted_keys, keys)
-    return (pos < len(sorted_keys)) & (sorted_keys[np.minimum(pos, len(sorted_keys) - 1)] == keys) \
-        if len(sorted_keys) else np.zeros(len(keys), bool)
-
-
 def fresh_designs(zgs, n_per_zg: int, seed: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(designs, zg): n uniform valid designs per Z_g that no key in `exclude` (sorted) matches."""
+    from deepdram.data.datasets import sorted_index
     from deepdram.spaces.lattice.geometry import sample_designs, to_keys
 
     designs, zg = [], []
@@ -324,7 +316,7 @@ def fresh_designs(zgs, n_per_zg: int, seed: int, exclude: np.ndarray) -> tuple[n
         rounds = 0
         while len(got) < n_per_zg:
             d = sample_designs(z, 2 * n_per_zg, [seed, 7919, int(round(z * 10)), rounds])
-            keep = ~in_sorted(to_keys(d), exclude)
+            keep = sorted_index(exclude, to_keys(d)) < 0
             got = np.concatenate([got, d[keep]])
             got = got[np.sort(np.unique(to_keys(got), return_index=True)[1])]
             rounds += 1
