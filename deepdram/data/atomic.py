@@ -135,7 +135,8 @@ def pause_point(name: str) -> None:
     until it is killed, so a test can SIGKILL it at a known point instead of sleeping and hoping.
 
     Points (`<stage>` is the stage's name, `<model>` a registered model name):
-      `<scratch folder>:shard-<n>`  sharded work (cells, tilings): after the n-th shard of this run is written
+      `<stage>:<phase>:shard-<n>`   sharded work (`cells:sample`, `cells:simulate`, `tilings:simulate`,
+                                    `composite_brute_force:solve`): after the n-th shard of this run is written
       `<out name>:publish`          sharded work: the new dataset copied, before it replaces the old one
       `train_<key>:logged`          a training run: model logged, before the run ends and is registered
       `<model>:version-created`     registering: the version exists, before the `challenger` alias is set

@@ -10,16 +10,6 @@ import pandas as pd
 from deepdram.data.splits import SPLIT_NAMES
 
 
-def sorted_index(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Index of each key in `sorted_keys` (sorted ascending, distinct), -1 where it is absent."""
-    # A binary search: np.isin sorts both arrays on every call, which against the 6 M keys of
-    # cells.parquet cost the evaluate stage 57 s of its 169 s (measured).
-    if not len(sorted_keys):
-        return np.full(len(keys), -1, np.int64)
-    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-    return np.where(sorted_keys[pos] == keys, pos, -1)
-
-
 def undersample(df: pd.DataFrame, decimals: dict[str, int], max_per_group: int, seed: int) -> pd.DataFrame:
     """The paper's undersampling: at most `max_per_group` random rows per property tuple rounded
     to `decimals` (property column -> decimals)."""

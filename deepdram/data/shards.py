@@ -114,10 +114,13 @@ def run_shards(
     tasks: Sequence[tuple],
     func: Callable[..., int],
     unit: str = "design",
+    *,
+    point: str,
 ) -> None:
     """Run func(path, *task) on Dask for every task whose file is missing (resume after a crash).
 
-    func must write its file atomically and return the number of rows it wrote.
+    func must write its file atomically and return the number of rows it wrote. `point` names this
+    phase for the crash tests' pause points: `<point>:shard-<n>` after the n-th shard of this run.
     """
     from dask.distributed import as_completed
     from tqdm.auto import tqdm
@@ -131,7 +134,6 @@ def run_shards(
     from deepdram.data.atomic import pause_point
 
     t0, rows, finished = time.perf_counter(), 0, 0
-    point = Path(paths[todo[0]]).parent.parent.name  # the scratch folder: "cells", "tilings"
     with tqdm(total=len(tasks), initial=done, unit="shard", desc=name, dynamic_ncols=True) as bar:
         futures = [client.submit(func, paths[i], *tasks[i], key=f"{name}-{Path(paths[i]).parent.name}-{i}",
                                  pure=False) for i in todo]

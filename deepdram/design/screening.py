@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deepdram.data.keys import sorted_index
+
 if TYPE_CHECKING:
     from deepdram.design.pipeline import Surrogates
     from deepdram.spaces.base import DesignSpace
@@ -73,8 +75,6 @@ class PredictionCache:
 
     def find(self, keys: np.ndarray) -> np.ndarray:
         """Row of each key (-1 where the design is not cached)."""
-        from deepdram.data.datasets import sorted_index
-
         at = sorted_index(self.keys, np.asarray(keys, np.uint64))
         return np.where(at >= 0, self.rows[at], -1) if len(self.keys) else at
 

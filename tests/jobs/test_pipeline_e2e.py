@@ -85,11 +85,11 @@ def test_killed_stage_resumes_and_pipeline_completes(repo):
 
     scratch = repo / "outputs/.scratch/cells"
     # forced, so the stage starts from scratch even when an earlier test already ran it; it blocks
-    # after the 10th shard of its simulation (deepdram.data.atomic.pause_point; its sampling, before,
-    # has 5 shards, one per Z_g) and is killed there, not after a sleep
+    # after the 10th shard of its simulation (deepdram.data.atomic.pause_point) and is killed there,
+    # not after a sleep
     marker = repo.parent / "paused-cells"
-    output, status = kill_at_pause_point([sys.executable, "-m", "dvc", "repro", "-f", "-s", "cells"], "cells:shard-10",
-                                         marker, cwd=repo, env=_env())
+    output, status = kill_at_pause_point([sys.executable, "-m", "dvc", "repro", "-f", "-s", "cells"],
+                                         "cells:simulate:shard-10", marker, cwd=repo, env=_env())
     assert marker.exists(), f"never paused after the 10th shard (exit {status}):\n{output[-3000:]}"
     parts = list(scratch.glob("*/part-*.parquet"))
     # the 10 this run finished, and any its worker wrote before the kill reached it

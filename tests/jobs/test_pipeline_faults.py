@@ -302,7 +302,7 @@ def test_killed_tilings_resumes_and_writes_the_same_dataset(repo):
     uninterrupted = _digest(out)
     # forced: the stage runs from scratch even when an earlier test ran it (DVC's run cache would
     # otherwise restore its outputs without running it)
-    _kill_at(repo, "tilings:shard-3", "-f", "-s", "tilings")
+    _kill_at(repo, "tilings:simulate:shard-3", "-f", "-s", "tilings")
     done = sorted(p.name for p in scratch.glob("*/part-*.parquet"))
     assert 3 <= len(done) < 12, done
     assert not out.exists()  # DVC removes a stage's outputs before running it; none half-written

@@ -154,7 +154,8 @@ def build(k: int, m: int, ratio: float, shard_size: int, bins: int, out_dir: Pat
     scratch.mkdir(parents=True, exist_ok=True)
     plan = shard_plan(total, shard_size)
     paths = [shard_path(scratch, i) for i in range(len(plan))]
-    run_shards(client, f"brute force C(32, {k})", paths, [(k, a, b, m, float(ratio)) for a, b in plan], shard_task)
+    run_shards(client, f"brute force C(32, {k})", paths, [(k, a, b, m, float(ratio)) for a, b in plan], shard_task,
+               point="composite_brute_force:solve")
     solved = time.perf_counter() - t0
     out_dir = Path(out_dir)
     table_dir = out_dir / "toughness.parquet"

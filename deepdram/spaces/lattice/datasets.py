@@ -101,11 +101,11 @@ def build_cells(cfg, out_dir: Path, scratch_root: Path, client) -> dict:
     scratch.mkdir(parents=True, exist_ok=True)
     design_files = [scratch / f"designs-zg{zg:.1f}.npy" for zg in zgs]
     run_shards(client, "cells: sample", design_files, [(zg, cfg.per_zg, cfg.seed) for zg in zgs],
-               sample_zg_task)
+               sample_zg_task, point="cells:sample")
     plan = cell_shard_plan(cfg.per_zg, zgs, cfg.shard_size)
     paths = [shard_path(scratch, i) for i in range(len(plan))]
     run_shards(client, "cells: simulate", paths, [(design_files, parts) for parts in plan],
-               simulate_cells_task)
+               simulate_cells_task, point="cells:simulate")
     publish(paths, out_dir)
     return {"rows": cfg.per_zg * len(zgs), "per_zg": cfg.per_zg, "shards": len(plan)}
 
@@ -288,7 +288,8 @@ def build_tilings(cells: pd.DataFrame, cfg, out_dir: Path, scratch_root: Path, c
                       cells["split"].to_numpy()[c].astype(str)))
     paths = [shard_path(scratch_root / fp, i) for i in range(len(tasks))]
     (scratch_root / fp).mkdir(parents=True, exist_ok=True)
-    run_shards(client, "tilings: simulate", paths, tasks, simulate_tilings_task, unit="tiling")
+    run_shards(client, "tilings: simulate", paths, tasks, simulate_tilings_task, unit="tiling",
+               point="tilings:simulate")
     publish(paths, out_dir)
     return {"rows": len(plan), "cells": int(plan["cell"].nunique()), "shards": len(tasks)}
 
@@ -307,7 +308,7 @@ def dataset_keys(path: Path) -> np.ndarray:
 
 def fresh_designs(zgs, n_per_zg: int, seed: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(designs, zg): n uniform valid designs per Z_g that no key in `exclude` (sorted) matches."""
-    from deepdram.data.datasets import sorted_index
+    from deepdram.data.keys import sorted_index
     from deepdram.spaces.lattice.geometry import sample_designs, to_keys
 
     designs, zg = [], []
