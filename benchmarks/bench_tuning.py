@@ -235,17 +235,17 @@ def main(argv=None) -> int:
             overheads.append(summary["mlflow_overhead_s_per_trial"])
             hit = epochs_to_reach(trials, target)
             spent = sum(e for e, _ in trials)
+            pruned = f"{sum(v is None for _, v in trials)} of {len(trials)} trials pruned"
             if hit is None:
                 shares.append(float("inf"))
                 print(f"seed {s}: not within {args.tol} of the grid's best in {len(trials)} trials "
-                      f"({spent} epochs, {spent / grid_epochs:.1%} of the grid's; best "
+                      f"({spent} epochs, {spent / grid_epochs:.1%} of the grid's; {pruned}; best "
                       f"{max((v for _, v in trials if v is not None), default=float('nan')):.4f}; "
                       f"{time.perf_counter() - t0:.0f} s)", flush=True)
             else:
                 shares.append(hit[1] / grid_epochs)
                 print(f"seed {s}: within {args.tol} after {hit[0]} trials, {hit[1]} epochs = {shares[-1]:.1%} of the "
-                      f"grid's ({sum(v is None for _, v in trials)} of {len(trials)} trials pruned; "
-                      f"{time.perf_counter() - t0:.0f} s)", flush=True)
+                      f"grid's ({pruned}; {time.perf_counter() - t0:.0f} s)", flush=True)
         median = float(np.median(shares))
         ok = median <= TARGET
         print(f"MLflow logging overhead of the tuner: {1000 * float(np.mean(overheads)):.1f} ms per trial "
