@@ -57,7 +57,6 @@ def test_splits_are_disjoint_by_key_and_near_fractions(cells):
     np.testing.assert_array_equal(lab, assign_splits(groups, {"train": 0.6, "val": 0.3, "test": 0.1}, 0))
 
 
-
 def test_moving_the_train_val_cut_keeps_the_test_split():
     """params.yaml went from 60/30/10 to 80/10/10: the same seed gives the same test keys, and the
     new val keys are a subset of the old val (the rest of the old val joins train)."""
@@ -69,6 +68,7 @@ def test_moving_the_train_val_cut_keeps_the_test_split():
         assert set(np.flatnonzero(new == "val")) <= set(np.flatnonzero(old == "val"))
         assert set(np.flatnonzero(old == "train")) <= set(np.flatnonzero(new == "train"))
         assert abs((new == "train").mean() - 0.8) < 0.01
+
 
 def test_oversample_adds_valid_fe_labelled_rare_cells(cells):
     """SMOGN-style children: same beam count as the parent, valid, distinct, true FE properties."""
