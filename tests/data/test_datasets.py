@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +188,50 @@ def test_one_and_two_dask_workers_give_identical_bytes(tmp_path):
     design = row[[f"b{k:02d}" for k in range(42)]].to_numpy(np.uint8)
     np.testing.assert_allclose(row[["E11", "E22", "nu12", "nu21"]].to_numpy(float),
                                tiling_properties(design, int(row.d1), int(row.d2)), rtol=1e-12)
+
+
+def test_a_new_split_relabels_the_solved_tilings_and_a_crash_resumes_with_the_new_labels(cells, tmp_path, capsys):
+    """A rerun whose cells differ only in their split labels solves nothing: it publishes the kept
+    FE shards with the new labels (FE columns byte-identical). A run killed with some shards solved
+    and resumed under a new split labels every row by the new split, and writes the bytes an
+    uninterrupted run with that split writes."""
+    from deepdram.data.shards import dask_client
+
+    c = cells.iloc[::30].reset_index(drop=True)  # 100 cells, 20 per Z_g
+    tcfg = P.Tilings(cells=40, sizes_per_cell=1, sizes=[2, 4], shard_size=10, seed=3)
+    a, b = c.copy(), c.copy()
+    a["split"] = assign_splits(datasets.keys_of(c), {"train": .6, "val": .3, "test": .1}, 0)
+    b["split"] = assign_splits(datasets.keys_of(c), {"train": .8, "val": .1, "test": .1}, 0)
+    assert (a["split"] != b["split"]).any()
+    plan = datasets.tiling_plan(c, tcfg)
+    scratch = tmp_path / "scratch"
+    fe = ["d1", "d2", *datasets.PROPERTY_COLUMNS]
+    with dask_client(P.Dask(n_workers=1)) as client:
+        datasets.build_tilings(a, tcfg, tmp_path / "a", scratch, client)
+        solved = {p: p.stat().st_mtime_ns for p in scratch.glob("*/part-*.parquet")}
+        assert len(solved) == 4
+        capsys.readouterr()
+        datasets.build_tilings(b, tcfg, tmp_path / "b", scratch, client)
+        assert "resuming, 4 of 4 shards already done" in capsys.readouterr().out
+        assert {p: p.stat().st_mtime_ns for p in scratch.glob("*/part-*.parquet")} == solved
+        til_a, til_b = pd.read_parquet(tmp_path / "a"), pd.read_parquet(tmp_path / "b")
+        pd.testing.assert_frame_equal(til_a.drop(columns="split"), til_b.drop(columns="split"))
+        np.testing.assert_array_equal(til_a["split"], a["split"].to_numpy()[plan["cell"]])
+        np.testing.assert_array_equal(til_b["split"], b["split"].to_numpy()[plan["cell"]])
+        assert til_a[fe].equals(til_b[fe]) and (til_a["split"] != til_b["split"]).any()
+
+        # a run under split a that stops after two shards (the rest unsolved), resumed under split b
+        shutil.rmtree(scratch)
+        datasets.build_tilings(a, tcfg, tmp_path / "a_again", scratch, client)
+        for p in sorted(scratch.glob("*/part-*.parquet"))[2:]:
+            p.unlink()
+        datasets.build_tilings(b, tcfg, tmp_path / "b_resumed", scratch, client)
+        # and split b from nothing
+        shutil.rmtree(scratch)
+        datasets.build_tilings(b, tcfg, tmp_path / "b_fresh", scratch, client)
+    assert _digest(tmp_path / "a_again") == _digest(tmp_path / "a")
+    assert _digest(tmp_path / "b_resumed") == _digest(tmp_path / "b_fresh") == _digest(tmp_path / "b")
+    assert not any(scratch.glob("*/labelled"))
 
 
 def _worker_kernels() -> dict:

@@ -23,10 +23,13 @@ STAGES = ("composite_brute_force", "composite_data", "composite_tune", "composit
 
 
 def _env() -> dict:
+    """The project's Python first, no telemetry, nothing of the outer session's MLflow, Dask or
+    crash-test settings (an outer pause point must not reach these stages)."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", PYTHONUNBUFFERED="1")
-    for k in ("DEEPDRAM_ROOT", "DEEPDRAM_DASK_SCHEDULER", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+    for k in ("DEEPDRAM_ROOT", "DEEPDRAM_DASK_SCHEDULER", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI",
+              "DEEPDRAM_TEST_PAUSE_AT", "DEEPDRAM_TEST_PAUSE_FILE"):
         env.pop(k, None)
     return env
 

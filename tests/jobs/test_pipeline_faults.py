@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -295,13 +296,14 @@ def repo(tiny_repo) -> Path:
 def test_killed_tilings_resumes_and_writes_the_same_dataset(repo):
     """Kill mid-simulation (after 3 of 12 shards) and again mid-publish (the new dataset copied,
     not swapped in): the next `dvc repro` resumes from the finished shards and publishes the bytes
-    an uninterrupted run writes."""
+    an uninterrupted run writes; the solved shards stay in scratch for a later relabelling."""
     out = repo / "outputs/datasets/tilings.parquet"
     scratch = repo / "outputs/.scratch/tilings"
     _dvc(repo, "repro", "tilings")  # the stage and its upstream, uninterrupted (a no-op after the pipeline)
     uninterrupted = _digest(out)
-    # forced: the stage runs from scratch even when an earlier test ran it (DVC's run cache would
-    # otherwise restore its outputs without running it)
+    # a start from nothing: the solved shards an earlier run kept go, and the run is forced (DVC's
+    # run cache would otherwise restore its outputs without running it)
+    shutil.rmtree(scratch, ignore_errors=True)
     _kill_at(repo, "tilings:simulate:shard-3", "-f", "-s", "tilings")
     done = sorted(p.name for p in scratch.glob("*/part-*.parquet"))
     assert 3 <= len(done) < 12, done
@@ -318,7 +320,8 @@ def test_killed_tilings_resumes_and_writes_the_same_dataset(repo):
     assert "resuming, 12 of 12 shards already done" in rerun.stdout + rerun.stderr
     resumed = _digest(out)
     assert resumed == copied
-    assert _leftovers(repo) == [] and not any(scratch.glob("*/part-*"))
+    assert _leftovers(repo) == [] and not any(scratch.glob("*/labelled"))
+    assert len(list(scratch.glob("*/part-*.parquet"))) == 12
     assert "up to date" in _dvc(repo, "repro", "tilings").stdout.lower()
     assert resumed == uninterrupted
 

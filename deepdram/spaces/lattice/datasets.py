@@ -254,9 +254,9 @@ def tiling_plan(cells: pd.DataFrame, cfg) -> pd.DataFrame:
     return plan.sort_values(["d1", "d2", "cell"], kind="stable").reset_index(drop=True)
 
 
-def simulate_tilings_task(path: Path, designs: np.ndarray, zg: np.ndarray, d1: np.ndarray, d2: np.ndarray,
-                          split: np.ndarray) -> int:
-    """Dask task: FE properties of one shard of tilings, written as Parquet."""
+def simulate_tilings_task(path: Path, designs: np.ndarray, zg: np.ndarray, d1: np.ndarray,
+                          d2: np.ndarray) -> int:
+    """Dask task: FE properties of one shard of tilings, written as Parquet (no split column)."""
     from deepdram.data.shards import limit_threads
     from deepdram.data.tables import write_table
     from deepdram.spaces.lattice.tiling import solve_tilings
@@ -266,31 +266,64 @@ def simulate_tilings_task(path: Path, designs: np.ndarray, zg: np.ndarray, d1: n
     df = cells_frame(designs, zg, props)
     df.insert(N_BEAMS + 1, "d1", d1.astype(np.int64))
     df.insert(N_BEAMS + 2, "d2", d2.astype(np.int64))
-    df["split"] = split.astype(str)
     write_table(df, path)
     return len(df)
 
 
+def label_tilings_shard(fe_path: Path, path: Path, split: np.ndarray) -> None:
+    """Write an FE shard with its rows' split column appended (the published shard)."""
+    from deepdram.data.tables import write_table
+
+    df = pd.read_parquet(fe_path)
+    if len(df) != len(split):
+        raise ValueError(f"{fe_path}: {len(df)} rows, but {len(split)} split labels")
+    df["split"] = np.asarray(split).astype(str)
+    write_table(df, path)
+
+
+def tilings_fingerprint(cells: pd.DataFrame, plan: pd.DataFrame, cfg) -> str:
+    """Names the FE work of a plan: the designs, Z_g and sizes it solves, the params and FE code.
+
+    Split labels are left out on purpose: they are attached when the shards are published, so a
+    new train/val/test cut reuses every solved tiling."""
+    import hashlib
+
+    from deepdram.data.shards import fingerprint
+
+    c = plan["cell"].to_numpy()
+    h = hashlib.sha256()
+    for a in (keys_of(cells)[c], cells["zg"].to_numpy(np.float64)[c], plan["d1"].to_numpy(np.int64),
+              plan["d2"].to_numpy(np.int64)):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return fingerprint("tilings", cfg.model_dump(), h.hexdigest(), files=FE_SOURCES)
+
+
 def build_tilings(cells: pd.DataFrame, cfg, out_dir: Path, scratch_root: Path, client) -> dict:
-    """Simulate the planned tilings on Dask, resumably; publish out_dir as Parquet shards."""
-    from deepdram.data.shards import clear_stale, fingerprint, publish, run_shards
+    """Simulate the planned tilings on Dask, resumably; publish out_dir as Parquet shards.
+
+    The solved shards stay in scratch (keyed by `tilings_fingerprint`) after publishing, so a rerun
+    that changes only the cells' split labels relabels them instead of solving them again."""
+    from deepdram.data.shards import clear_stale, publish, run_shards
 
     plan = tiling_plan(cells, cfg)
     designs = designs_of(cells)
-    fp = fingerprint("tilings", cfg.model_dump(), int(keys_of(cells).sum(dtype=np.uint64)), len(cells),
-                     files=FE_SOURCES)
+    fp = tilings_fingerprint(cells, plan, cfg)
     clear_stale(scratch_root, keep=fp)
-    tasks = []
+    tasks, splits = [], []
     for a in range(0, len(plan), cfg.shard_size):
         p = plan.iloc[a : a + cfg.shard_size]
         c = p["cell"].to_numpy()
-        tasks.append((designs[c], cells["zg"].to_numpy()[c], p["d1"].to_numpy(), p["d2"].to_numpy(),
-                      cells["split"].to_numpy()[c].astype(str)))
+        tasks.append((designs[c], cells["zg"].to_numpy()[c], p["d1"].to_numpy(), p["d2"].to_numpy()))
+        splits.append(cells["split"].to_numpy()[c])
     paths = [shard_path(scratch_root / fp, i) for i in range(len(tasks))]
     (scratch_root / fp).mkdir(parents=True, exist_ok=True)
     run_shards(client, "tilings: simulate", paths, tasks, simulate_tilings_task, unit="tiling",
                point="tilings:simulate")
-    publish(paths, out_dir)
+    labelled = [shard_path(scratch_root / fp / "labelled", i) for i in range(len(tasks))]
+    labelled[0].parent.mkdir(parents=True, exist_ok=True)
+    for fe_path, path, split in zip(paths, labelled, splits):
+        label_tilings_shard(fe_path, path, split)
+    publish(labelled, out_dir)  # drops the labelled copies, keeps the solved shards
     return {"rows": len(plan), "cells": int(plan["cell"].nunique()), "shards": len(tasks)}
 
 
