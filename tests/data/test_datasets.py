@@ -190,7 +190,7 @@ def test_one_and_two_dask_workers_give_identical_bytes(tmp_path):
                                tiling_properties(design, int(row.d1), int(row.d2)), rtol=1e-12)
 
 
-def test_a_new_split_relabels_the_solved_tilings_and_a_crash_resumes_with_the_new_labels(cells, tmp_path, capsys):
+def test_a_new_split_relabels_the_kept_tilings_and_a_resumed_run_uses_it(cells, tmp_path, capsys):
     """A rerun whose cells differ only in their split labels solves nothing: it publishes the kept
     FE shards with the new labels (FE columns byte-identical). A run killed with some shards solved
     and resumed under a new split labels every row by the new split, and writes the bytes an

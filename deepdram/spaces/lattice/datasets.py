@@ -276,7 +276,8 @@ def label_tilings_shard(fe_path: Path, path: Path, split: np.ndarray) -> None:
 
     df = pd.read_parquet(fe_path)
     if len(df) != len(split):
-        raise ValueError(f"{fe_path}: {len(df)} rows, but {len(split)} split labels")
+        raise ValueError(f"{fe_path}: {len(df)} rows where the plan has {len(split)}; remove the "
+                         "scratch folder to solve the shard again")
     df["split"] = np.asarray(split).astype(str)
     write_table(df, path)
 
@@ -319,8 +320,9 @@ def build_tilings(cells: pd.DataFrame, cfg, out_dir: Path, scratch_root: Path, c
     (scratch_root / fp).mkdir(parents=True, exist_ok=True)
     run_shards(client, "tilings: simulate", paths, tasks, simulate_tilings_task, unit="tiling",
                point="tilings:simulate")
-    labelled = [shard_path(scratch_root / fp / "labelled", i) for i in range(len(tasks))]
-    labelled[0].parent.mkdir(parents=True, exist_ok=True)
+    labelled_dir = scratch_root / fp / "labelled"
+    labelled_dir.mkdir(exist_ok=True)
+    labelled = [shard_path(labelled_dir, i) for i in range(len(tasks))]
     for fe_path, path, split in zip(paths, labelled, splits):
         label_tilings_shard(fe_path, path, split)
     publish(labelled, out_dir)  # drops the labelled copies, keeps the solved shards
