@@ -149,12 +149,15 @@ def run_shards(
             raise
 
 
-def publish(paths: Sequence[Path], out_dir: Path) -> None:
+def publish(paths: Sequence[Path], out_dir: Path, write: Callable[[Path, Path], None] | None = None,
+            keep_scratch: bool = False) -> None:
     """Place shard files as out_dir/part-*.parquet (a dataset pandas reads whole), then drop scratch.
 
-    The new folder is filled beside the old one (`.<name>.tmp`) and swapped in by renames: the old
-    dataset is removed only once the new one is complete. A write that fails (full disk, a file
-    where a folder should be) raises OutputError naming out_dir and keeps the old dataset."""
+    `write(shard, target)` writes a shard's published file (default: a copy); `keep_scratch` keeps
+    the shards' folder for a later run. The new folder is filled beside the old one
+    (`.<name>.tmp`) and swapped in by renames: the old dataset is removed only once the new one is
+    complete. A write that fails (full disk, a file where a folder should be) raises OutputError
+    naming out_dir and keeps the old dataset; any other failure also leaves no partial folder."""
     from deepdram.data.atomic import output_error, pause_point
 
     out_dir = Path(out_dir)
@@ -167,7 +170,7 @@ def publish(paths: Sequence[Path], out_dir: Path) -> None:
         _remove(old)
         tmp.mkdir(parents=True)
         for p in paths:
-            shutil.copyfile(p, tmp / p.name)
+            (write or shutil.copyfile)(p, tmp / p.name)
             with open(tmp / p.name, "rb") as fh:
                 os.fsync(fh.fileno())
         pause_point(f"{out_dir.stem}:publish")
@@ -177,10 +180,12 @@ def publish(paths: Sequence[Path], out_dir: Path) -> None:
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise output_error(out_dir, exc) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _remove(old)
-    scratch = paths[0].parent if paths else None
-    if scratch is not None:
-        shutil.rmtree(scratch, ignore_errors=True)
+    if paths and not keep_scratch:
+        shutil.rmtree(paths[0].parent, ignore_errors=True)
 
 
 def _remove(path: Path) -> None:

@@ -231,7 +231,9 @@ def test_a_new_split_relabels_the_kept_tilings_and_a_resumed_run_uses_it(cells, 
         datasets.build_tilings(b, tcfg, tmp_path / "b_fresh", scratch, client)
     assert _digest(tmp_path / "a_again") == _digest(tmp_path / "a")
     assert _digest(tmp_path / "b_resumed") == _digest(tmp_path / "b_fresh") == _digest(tmp_path / "b")
-    assert not any(scratch.glob("*/labelled"))
+    # scratch holds the solved shards of this plan and nothing else (no labelled copies)
+    assert sorted(q.relative_to(scratch).parts[1] for q in scratch.rglob("*") if q.is_file()) == [
+        f"part-{i:05d}.parquet" for i in range(4)]
 
 
 def _worker_kernels() -> dict:

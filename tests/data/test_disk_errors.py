@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,6 +124,35 @@ except OutputError as e:
     assert all(q.exists() for q in new)  # the finished shards stay: a later run publishes them
     shards.publish(new, out)
     assert pd.read_parquet(out)["v"].unique().tolist() == [3, 4, 5]
+
+
+def test_publish_with_a_writer_that_fails_keeps_the_previous_dataset_and_no_partial_folder(tmp_path):
+    """A shard writer (`write=`) that raises mid-way (not a disk error): the error reaches the
+    caller as it is, the old dataset stays whole, no `.ds.parquet.tmp` is left, the shards stay;
+    with keep_scratch a successful publish keeps them too, written through the writer."""
+    out = tmp_path / "outputs" / "ds.parquet"
+    shards.publish(_shards(tmp_path / "scratch" / "old", [1, 2], 10), out)
+    before = digest(out)
+    new = _shards(tmp_path / "scratch" / "new", [3, 4], 10)
+
+    def bad(src: Path, dst: Path) -> None:
+        if src == new[1]:
+            raise ValueError(f"{src}: 10 rows where the plan has 9")
+        shutil.copyfile(src, dst)
+
+    with pytest.raises(ValueError, match="10 rows where the plan has 9"):
+        shards.publish(new, out, write=bad)
+    assert digest(out) == before
+    assert sorted(q.name for q in out.parent.iterdir()) == ["ds.parquet"]
+    assert all(q.exists() for q in new)
+
+    def doubled(src: Path, dst: Path) -> None:
+        df = pd.read_parquet(src)
+        df.assign(v=2 * df["v"]).to_parquet(dst)
+
+    shards.publish(new, out, write=doubled, keep_scratch=True)
+    assert pd.read_parquet(out)["v"].unique().tolist() == [6, 8]
+    assert all(q.exists() for q in new)
 
 
 def test_publish_into_a_file_where_the_folder_should_be(tmp_path):

@@ -282,7 +282,7 @@ def label_tilings_shard(fe_path: Path, path: Path, split: np.ndarray) -> None:
     write_table(df, path)
 
 
-def tilings_fingerprint(cells: pd.DataFrame, plan: pd.DataFrame, cfg) -> str:
+def tilings_fingerprint(designs: np.ndarray, zg: np.ndarray, d1: np.ndarray, d2: np.ndarray, cfg) -> str:
     """Names the FE work of a plan: the designs, Z_g and sizes it solves, the params and FE code.
 
     Split labels are left out on purpose: they are attached when the shards are published, so a
@@ -290,11 +290,10 @@ def tilings_fingerprint(cells: pd.DataFrame, plan: pd.DataFrame, cfg) -> str:
     import hashlib
 
     from deepdram.data.shards import fingerprint
+    from deepdram.spaces.lattice.geometry import to_keys
 
-    c = plan["cell"].to_numpy()
     h = hashlib.sha256()
-    for a in (keys_of(cells)[c], cells["zg"].to_numpy(np.float64)[c], plan["d1"].to_numpy(np.int64),
-              plan["d2"].to_numpy(np.int64)):
+    for a in (to_keys(designs), zg.astype(np.float64), d1.astype(np.int64), d2.astype(np.int64)):
         h.update(np.ascontiguousarray(a).tobytes())
     return fingerprint("tilings", cfg.model_dump(), h.hexdigest(), files=FE_SOURCES)
 
@@ -307,25 +306,19 @@ def build_tilings(cells: pd.DataFrame, cfg, out_dir: Path, scratch_root: Path, c
     from deepdram.data.shards import clear_stale, publish, run_shards
 
     plan = tiling_plan(cells, cfg)
-    designs = designs_of(cells)
-    fp = tilings_fingerprint(cells, plan, cfg)
+    c = plan["cell"].to_numpy()
+    designs, zg, split = designs_of(cells)[c], cells["zg"].to_numpy()[c], cells["split"].to_numpy()[c]
+    d1, d2 = plan["d1"].to_numpy(), plan["d2"].to_numpy()
+    fp = tilings_fingerprint(designs, zg, d1, d2, cfg)
     clear_stale(scratch_root, keep=fp)
-    tasks, splits = [], []
-    for a in range(0, len(plan), cfg.shard_size):
-        p = plan.iloc[a : a + cfg.shard_size]
-        c = p["cell"].to_numpy()
-        tasks.append((designs[c], cells["zg"].to_numpy()[c], p["d1"].to_numpy(), p["d2"].to_numpy()))
-        splits.append(cells["split"].to_numpy()[c])
+    chunks = [slice(a, a + cfg.shard_size) for a in range(0, len(plan), cfg.shard_size)]
+    tasks = [(designs[k], zg[k], d1[k], d2[k]) for k in chunks]
     paths = [shard_path(scratch_root / fp, i) for i in range(len(tasks))]
     (scratch_root / fp).mkdir(parents=True, exist_ok=True)
     run_shards(client, "tilings: simulate", paths, tasks, simulate_tilings_task, unit="tiling",
                point="tilings:simulate")
-    labelled_dir = scratch_root / fp / "labelled"
-    labelled_dir.mkdir(exist_ok=True)
-    labelled = [shard_path(labelled_dir, i) for i in range(len(tasks))]
-    for fe_path, path, split in zip(paths, labelled, splits):
-        label_tilings_shard(fe_path, path, split)
-    publish(labelled, out_dir)  # drops the labelled copies, keeps the solved shards
+    split_of = {path: split[k] for path, k in zip(paths, chunks)}
+    publish(paths, out_dir, write=lambda src, dst: label_tilings_shard(src, dst, split_of[src]), keep_scratch=True)
     return {"rows": len(plan), "cells": int(plan["cell"].nunique()), "shards": len(tasks)}
 
 
